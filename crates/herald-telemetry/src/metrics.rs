@@ -1,0 +1,168 @@
+//! Every metric Herald exports, in one place.
+//!
+//! The set is closed: a metric exists only if it is a field of [`Metrics`], with its name,
+//! help text and labels written here. Names start with `herald_`; units are in the name
+//! (`_seconds`, `_bytes`); counters end in `_total`. Labels take values from small, known
+//! sets (route templates, not raw paths), so cardinality stays bounded.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `herald_build_info` | gauge (always 1) | `version` |
+//! | `herald_http_requests_total` | counter | `method`, `route`, `status` |
+//! | `herald_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `herald_http_requests_in_flight` | gauge | — |
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The media type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of the build info gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate version of the running binary.
+    pub version: String,
+}
+
+/// Labels of a finished HTTP request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP method.
+    pub method: String,
+    /// The route template that matched (`/v1/events/{id}`), or `unmatched`.
+    pub route: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+/// Labels of a request duration.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// HTTP method.
+    pub method: String,
+    /// The route template that matched, or `unmatched`.
+    pub route: String,
+}
+
+/// The metrics themselves. Get the process-wide set with [`metrics`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `herald_build_info`.
+    pub build_info: Family<BuildLabels, Gauge>,
+    /// `herald_http_requests_total`.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// `herald_http_request_duration_seconds`.
+    pub http_duration: Family<RouteLabels, Histogram>,
+    /// `herald_http_requests_in_flight`.
+    pub http_in_flight: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~16 s, doubling.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Version of the running Herald binary",
+            build_info.clone(),
+        );
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from request to response head",
+            prometheus_client::registry::Unit::Seconds,
+            http_duration.clone(),
+        );
+        let http_in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being handled",
+            http_in_flight.clone(),
+        );
+
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        Self {
+            registry,
+            build_info,
+            http_requests,
+            http_duration,
+            http_in_flight,
+        }
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// All metrics in the OpenMetrics text format.
+pub fn encode() -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &metrics().registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_the_documented_names() {
+        metrics()
+            .http_requests
+            .get_or_create(&RequestLabels {
+                method: "GET".into(),
+                route: "/healthz".into(),
+                status: 200,
+            })
+            .inc();
+        metrics()
+            .http_duration
+            .get_or_create(&RouteLabels {
+                method: "GET".into(),
+                route: "/healthz".into(),
+            })
+            .observe(0.003);
+        let text = encode();
+        for name in [
+            "herald_build_info{version=",
+            "herald_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}",
+            "# TYPE herald_http_request_duration_seconds histogram",
+            "herald_http_request_duration_seconds_bucket{le=\"0.004\",method=\"GET\",route=\"/healthz\"} 1",
+            "herald_http_requests_in_flight 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
