@@ -1,0 +1,82 @@
+//! The HTTP application: every route a role serves, under one set of fallbacks and middleware.
+//!
+//! - Probes and metrics at the root (`/healthz`, `/readyz`, `/q/live`, `/q/ready`, `/metrics`).
+//! - The platform API under `/v1`, behind the admin key.
+//! - Unknown paths and wrong methods answer problem+json (404, 405), bodies over the limit 413.
+//! - Everything wears [`herald_telemetry::http::instrument`]: correlation ids, spans, access
+//!   logs, metrics, and panics caught as problem+json.
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_core::admin::{AdminToken, require_admin};
+use herald_core::problem::{self, ApiError};
+use herald_telemetry::Health;
+use serde::Serialize;
+
+/// What the application is built from.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Readiness checks and draining state.
+    pub health: Health,
+    /// The admin key the platform API requires; `None` refuses every platform request.
+    pub admin_token: Option<AdminToken>,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// `dev` or `serve`.
+    pub mode: &'static str,
+}
+
+/// Builds the application.
+pub fn router(options: AppOptions) -> Router {
+    let info = SystemOut {
+        version: env!("CARGO_PKG_VERSION"),
+        mode: options.mode,
+        started_at: now_rfc3339(),
+    };
+    let v1 = Router::new().route("/system", get(system)).with_state(info);
+    let v1 = match options.admin_token {
+        Some(token) => v1.layer(axum::middleware::from_fn_with_state(token, require_admin)),
+        None => v1.layer(axum::middleware::from_fn(no_admin_key)),
+    };
+    let app = Router::new()
+        .merge(herald_telemetry::health::router(options.health))
+        .nest("/v1", v1)
+        .fallback(problem::route_not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(options.max_body_bytes));
+    herald_telemetry::http::instrument(app)
+}
+
+async fn no_admin_key(_request: Request, _next: Next) -> ApiError {
+    ApiError::unauthorized("no admin key is configured on this server; set `api.admin_token`")
+}
+
+/// `GET /v1/system`: what is running.
+#[derive(Debug, Clone, Serialize)]
+struct SystemOut {
+    version: &'static str,
+    mode: &'static str,
+    started_at: String,
+}
+
+async fn system(State(info): State<SystemOut>) -> impl IntoResponse {
+    Json(info)
+}
+
+fn now_rfc3339() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| {
+            time::OffsetDateTime::from_unix_timestamp(since.as_secs() as i64)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}

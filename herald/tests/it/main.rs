@@ -1,0 +1,11 @@
+//! Black-box tests: they run the real `herald` binary and talk to it over real HTTP.
+
+// A failed unwrap is a failed test, which is what we want here.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod cli;
+mod dev;
+mod serve;
+mod tidy;

@@ -1,0 +1,167 @@
+//! Helpers to run the `herald` binary and wait for it, with deadlines instead of sleeps.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a started binary may take to say where it listens.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A `Command` for the `herald` binary with a clean `HERALD_*` environment.
+pub(crate) fn herald() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HERALD_") {
+            command.env_remove(name);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// A running `herald` process; killed when dropped.
+pub(crate) struct Running {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+    /// Standard output lines, as the reader thread sees them.
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `command` and waits until it prints `listening on <url>`.
+    pub(crate) fn start(mut command: Command) -> Self {
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("the herald binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let url = line.split("listening on ").nth(1).map(str::to_owned);
+                    seen.push(line);
+                    if let Some(url) = url {
+                        return Self {
+                            child,
+                            url,
+                            lines,
+                            seen,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!(
+                        "herald did not say where it listens within {START_DEADLINE:?} (exit: {status:?}); it printed {seen:#?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until standard output contains `needle`; returns all of it so far.
+    pub(crate) fn wait_for_output(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.seen.join("\n");
+            if text.contains(needle) {
+                return text;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    panic!("herald did not print {needle:?} within 10 s; it printed:\n{text}")
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub(crate) fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        wait_with_deadline(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// `url` + `path`.
+    pub(crate) fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit, killing it and failing the test past `deadline`.
+pub(crate) fn wait_with_deadline(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting on herald") {
+            return status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herald did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `herald dev` on a data directory and a free port.
+pub(crate) fn start_dev(data_dir: &Path) -> Running {
+    let mut command = herald();
+    command
+        .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    Running::start(command)
+}
+
+/// An HTTP client that never reuses a connection across a restart.
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("the HTTP client builds")
+}
+
+/// The response body parsed as JSON, asserting the content type starts with `content_type`.
+pub(crate) async fn json_body(
+    response: reqwest::Response,
+    content_type: &str,
+) -> serde_json::Value {
+    let actual = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        actual.starts_with(content_type),
+        "content type {actual:?}, wanted {content_type}"
+    );
+    response.json().await.expect("the body is JSON")
+}
