@@ -25,12 +25,12 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(rejection_to_problem(&rejection)),
+            Err(rejection) => Err(rejection_to_problem(rejection)),
         }
     }
 }
 
-fn rejection_to_problem(rejection: &JsonRejection) -> ApiError {
+fn rejection_to_problem(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -40,23 +40,34 @@ fn rejection_to_problem(rejection: &JsonRejection) -> ApiError {
         .with_detail("the body must be JSON, sent with `content-type: application/json`"),
         JsonRejection::JsonSyntaxError(err) => ApiError::bad_request(
             "malformed_json",
-            format!("the body is not valid JSON: {}", root_cause(err)),
+            format!("the body is not valid JSON: {}", root_cause(&err)),
         ),
         JsonRejection::JsonDataError(err) => {
-            let message = root_cause(err);
+            let message = root_cause(&err);
             let (pointer, detail) = split_serde_path(&message);
             ApiError::validation(vec![FieldError::new(pointer, detail)])
         }
-        JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        JsonRejection::BytesRejection(bytes) => ApiError::from(bytes),
+        other => ApiError::new(other.status(), "unreadable_body", "Bad request")
+            .with_detail(format!("the body could not be read: {}", other.body_text())),
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    /// For handlers that read the raw body: a body over the limit is a 413 problem.
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "Payload too large",
             )
             .with_detail("the body is larger than this endpoint accepts")
+        } else {
+            ApiError::new(rejection.status(), "unreadable_body", "Bad request").with_detail(
+                format!("the body could not be read: {}", rejection.body_text()),
+            )
         }
-        other => ApiError::new(other.status(), "unreadable_body", "Bad request")
-            .with_detail(format!("the body could not be read: {}", other.body_text())),
     }
 }
 

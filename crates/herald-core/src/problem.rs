@@ -35,7 +35,11 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// An error an HTTP handler returns. See the [module docs](self).
-pub struct ApiError {
+///
+/// Boxed inside, so `Result<T, ApiError>` stays one pointer wide on the happy path.
+pub struct ApiError(Box<Inner>);
+
+struct Inner {
     status: StatusCode,
     code: Cow<'static, str>,
     title: Cow<'static, str>,
@@ -72,7 +76,7 @@ impl ApiError {
         code: impl Into<Cow<'static, str>>,
         title: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self {
+        Self(Box::new(Inner {
             status,
             code: code.into(),
             title: title.into(),
@@ -80,27 +84,27 @@ impl ApiError {
             errors: Vec::new(),
             headers: Vec::new(),
             source: None,
-        }
+        }))
     }
 
     /// Adds a sentence for people about this occurrence.
     #[must_use]
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        self.0.detail = Some(detail.into());
         self
     }
 
     /// Adds per-field problems.
     #[must_use]
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
-        self.errors = errors;
+        self.0.errors = errors;
         self
     }
 
     /// Adds a response header (for example `Retry-After`).
     #[must_use]
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
+        self.0.headers.push((name, value));
         self
     }
 
@@ -165,23 +169,23 @@ impl ApiError {
         .with_detail(
             "The server failed to handle the request; quote the correlation id when reporting it.",
         );
-        error.source = Some(source.into());
+        error.0.source = Some(source.into());
         error
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &str {
-        &self.code
+        &self.0.code
     }
 
     /// The per-field problems.
     pub fn errors(&self) -> &[FieldError] {
-        &self.errors
+        &self.0.errors
     }
 }
 
@@ -202,14 +206,15 @@ impl fmt::Display for Chain<'_> {
 
 impl fmt::Debug for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.0;
         f.debug_struct("ApiError")
-            .field("status", &self.status.as_u16())
-            .field("code", &self.code)
-            .field("detail", &self.detail)
-            .field("errors", &self.errors)
+            .field("status", &inner.status.as_u16())
+            .field("code", &inner.code)
+            .field("detail", &inner.detail)
+            .field("errors", &inner.errors)
             .field(
                 "source",
-                &self.source.as_deref().map(|s| Chain(s).to_string()),
+                &inner.source.as_deref().map(|s| Chain(s).to_string()),
             )
             .finish()
     }
@@ -217,8 +222,8 @@ impl fmt::Debug for ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.code)?;
-        if let Some(detail) = &self.detail {
+        write!(f, "{} {}", self.0.status.as_u16(), self.0.code)?;
+        if let Some(detail) = &self.0.detail {
             write!(f, ": {detail}")?;
         }
         Ok(())
@@ -227,7 +232,8 @@ impl fmt::Display for ApiError {
 
 impl StdError for ApiError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.0
+            .source
             .as_deref()
             .map(|s| s as &(dyn StdError + 'static))
     }
@@ -250,30 +256,31 @@ struct ProblemBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Some(source) = &self.source {
-            tracing::error!(code = %self.code, error = %Chain(source.as_ref()), "request failed");
-        } else if self.status.is_server_error() {
-            tracing::error!(code = %self.code, detail = ?self.detail, "request failed");
+        let this = *self.0;
+        if let Some(source) = &this.source {
+            tracing::error!(code = %this.code, error = %Chain(source.as_ref()), "request failed");
+        } else if this.status.is_server_error() {
+            tracing::error!(code = %this.code, detail = ?this.detail, "request failed");
         }
         let body = ProblemBody {
-            kind: format!("urn:herald:problem:{}", self.code),
-            title: &self.title,
-            status: self.status.as_u16(),
-            detail: self.detail.as_deref(),
-            code: &self.code,
+            kind: format!("urn:herald:problem:{}", this.code),
+            title: &this.title,
+            status: this.status.as_u16(),
+            detail: this.detail.as_deref(),
+            code: &this.code,
             correlation_id: correlation::current().map(|id| id.to_string()),
-            errors: &self.errors,
+            errors: &this.errors,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
             br#"{"type":"urn:herald:problem:internal","title":"Internal server error","status":500,"code":"internal"}"#.to_vec()
         });
         let mut response = (
-            self.status,
+            this.status,
             [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
             bytes,
         )
             .into_response();
-        response.headers_mut().extend(self.headers);
+        response.headers_mut().extend(this.headers);
         response
     }
 }
