@@ -19,6 +19,8 @@
 //!
 //! Where a backend cannot keep one of these, its module says so.
 
+pub mod embedded;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -95,6 +97,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> &'static str;
 
     /// Publishes `messages` to `topic`, in order, and returns once all are confirmed.
+    ///
+    /// An empty topic name, or a message with an empty id, is [`BrokerError::Invalid`] and
+    /// publishes nothing of the batch.
     fn publish<'a>(
         &'a self,
         topic: &'a str,
@@ -102,6 +107,8 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Joins consumer group `group` on `topic` (creating it if needed).
+    ///
+    /// An empty topic or group name, or `max_deliveries` of 0, is [`BrokerError::Invalid`].
     fn subscribe<'a>(
         &'a self,
         topic: &'a str,
@@ -116,7 +123,7 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 /// One consumer's membership in a group.
 pub trait Subscription: Send + fmt::Debug {
     /// Waits up to `wait` for at least one message and returns at most `max`; an empty vector
-    /// means nothing arrived in time.
+    /// means nothing arrived in time. `max` of 0 is [`BrokerError::Invalid`].
     fn receive(
         &mut self,
         max: usize,
