@@ -11,8 +11,14 @@
 //! | `herald_http_requests_total` | counter | `method`, `route`, `status` |
 //! | `herald_http_request_duration_seconds` | histogram | `method`, `route` |
 //! | `herald_http_requests_in_flight` | gauge | — |
+//! | `herald_outbox_relayed_total` | counter | — |
+//! | `herald_outbox_batch_size` | histogram | — |
+//! | `herald_outbox_lag_seconds` | gauge (age of the oldest pending outbox row) | — |
+//! | `herald_outbox_publish_failures_total` | counter | — |
+//! | `herald_outbox_failed_rows` | gauge (outbox rows set aside as failed) | — |
 
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -63,12 +69,29 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabels, Histogram>,
     /// `herald_http_requests_in_flight`.
     pub http_in_flight: Gauge,
+    /// `herald_outbox_relayed_total`.
+    pub outbox_relayed: Counter,
+    /// `herald_outbox_batch_size`.
+    pub outbox_batch_size: Histogram,
+    /// `herald_outbox_lag_seconds`.
+    pub outbox_lag: Gauge<f64, AtomicU64>,
+    /// `herald_outbox_publish_failures_total`.
+    pub outbox_publish_failures: Counter,
+    /// `herald_outbox_failed_rows`.
+    pub outbox_failed_rows: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
     // 1 ms to ~16 s, doubling.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
         0.001, 2.0, 15,
+    ))
+}
+
+fn batch_size_histogram() -> Histogram {
+    // 1 to 16384 events, doubling.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 15,
     ))
 }
 
@@ -102,6 +125,37 @@ impl Metrics {
             "HTTP requests being handled",
             http_in_flight.clone(),
         );
+        let outbox_relayed = Counter::default();
+        registry.register(
+            "outbox_relayed",
+            "Events the outbox relay published and the broker confirmed",
+            outbox_relayed.clone(),
+        );
+        let outbox_batch_size = batch_size_histogram();
+        registry.register(
+            "outbox_batch_size",
+            "Events per confirmed outbox relay publish",
+            outbox_batch_size.clone(),
+        );
+        let outbox_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "outbox_lag",
+            "Age of the oldest pending outbox row (0 when none is pending)",
+            prometheus_client::registry::Unit::Seconds,
+            outbox_lag.clone(),
+        );
+        let outbox_publish_failures = Counter::default();
+        registry.register(
+            "outbox_publish_failures",
+            "Outbox relay publishes the broker failed or rejected",
+            outbox_publish_failures.clone(),
+        );
+        let outbox_failed_rows = Gauge::default();
+        registry.register(
+            "outbox_failed_rows",
+            "Outbox rows set aside as failed after their last attempt",
+            outbox_failed_rows.clone(),
+        );
 
         build_info
             .get_or_create(&BuildLabels {
@@ -114,6 +168,11 @@ impl Metrics {
             http_requests,
             http_duration,
             http_in_flight,
+            outbox_relayed,
+            outbox_batch_size,
+            outbox_lag,
+            outbox_publish_failures,
+            outbox_failed_rows,
         }
     }
 }
@@ -153,6 +212,7 @@ mod tests {
                 route: "/healthz".into(),
             })
             .observe(0.003);
+        metrics().outbox_batch_size.observe(3.0);
         let text = encode();
         for name in [
             "herald_build_info{version=",
@@ -160,6 +220,11 @@ mod tests {
             "# TYPE herald_http_request_duration_seconds histogram",
             "herald_http_request_duration_seconds_bucket{le=\"0.004\",method=\"GET\",route=\"/healthz\"} 1",
             "herald_http_requests_in_flight 0",
+            "herald_outbox_relayed_total 0",
+            "herald_outbox_batch_size_bucket{le=\"4.0\"} 1",
+            "# TYPE herald_outbox_lag_seconds gauge",
+            "herald_outbox_publish_failures_total 0",
+            "herald_outbox_failed_rows 0",
         ] {
             assert!(text.contains(name), "missing {name} in:\n{text}");
         }
