@@ -1,0 +1,3 @@
+//! Version 1 of the platform API, one resource per module.
+
+pub mod events;
