@@ -1,0 +1,171 @@
+//! `limit`: what this machine can do without Herald, measured in the same run.
+//!
+//! - Single-row INSERT commits per second on the same database, with the same number of
+//!   concurrent producers as `outbox-write` (the ceiling for one-event transactions).
+//! - Raw publishes per second to the embedded queue, in batches of 500 (the relay's batch
+//!   size) — the ceiling for the relay, which also has to read and delete its rows.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use herald_broker::embedded::EmbeddedBroker;
+use herald_broker::{Broker, Message, SubscribeOptions};
+use herald_store::Store;
+use tokio::sync::Mutex;
+
+use super::{KEYS, Options, Progress, outcome, sample_event};
+use crate::report::Outcome;
+use crate::stats::Percentiles;
+use crate::target::Target;
+
+/// Runs both cases.
+pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
+    Ok(vec![inserts(options).await?, publishes(options).await?])
+}
+
+async fn inserts(options: &Options) -> anyhow::Result<Outcome> {
+    let target = Target::create(
+        options.engine,
+        &options.postgres_url,
+        options.producers as u32 + 2,
+    )
+    .await?;
+    let create = match target.store {
+        Store::Postgres(_) => {
+            "CREATE TABLE bench_raw (id BIGSERIAL PRIMARY KEY, payload BYTEA NOT NULL)"
+        }
+        Store::Sqlite(_) => {
+            "CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)"
+        }
+    };
+    match &target.store {
+        Store::Postgres(pool) => sqlx::raw_sql(create).execute(pool).await.map(drop)?,
+        Store::Sqlite(pool) => sqlx::raw_sql(create).execute(pool).await.map(drop)?,
+    }
+    let payload = serde_json::to_vec(&sample_event(0))?;
+    let before = crate::process::usage();
+    let deadline = Instant::now() + options.duration;
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut producers = tokio::task::JoinSet::new();
+    for _ in 0..options.producers {
+        let (store, payload, latencies) =
+            (target.store.clone(), payload.clone(), latencies.clone());
+        producers.spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match &store {
+                    Store::Postgres(pool) => {
+                        sqlx::query("INSERT INTO bench_raw (payload) VALUES ($1)")
+                            .bind(&payload)
+                            .execute(pool)
+                            .await
+                            .map(drop)?;
+                    }
+                    Store::Sqlite(pool) => {
+                        sqlx::query("INSERT INTO bench_raw (payload) VALUES (?1)")
+                            .bind(&payload)
+                            .execute(pool)
+                            .await
+                            .map(drop)?;
+                    }
+                }
+                mine.push(started.elapsed());
+            }
+            latencies.lock().await.extend(mine);
+            anyhow::Ok(())
+        });
+    }
+    let started = Instant::now();
+    while let Some(joined) = producers.join_next().await {
+        joined.context("a producer panicked")??;
+    }
+    let elapsed = started.elapsed();
+    let mut samples = std::mem::take(&mut *latencies.lock().await);
+    let rows: i64 = match &target.store {
+        Store::Postgres(pool) => {
+            sqlx::query_scalar("SELECT count(*) FROM bench_raw")
+                .fetch_one(pool)
+                .await?
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT count(*) FROM bench_raw")
+                .fetch_one(pool)
+                .await?
+        }
+    };
+    anyhow::ensure!(
+        rows as usize == samples.len(),
+        "{rows} rows for {} inserts",
+        samples.len()
+    );
+    let result = outcome(
+        "limit",
+        format!("single-row INSERT, {} producers", options.producers),
+        options.engine,
+        "-",
+        samples.len() as f64 / elapsed.as_secs_f64(),
+        "commits/s",
+        Percentiles::of(&mut samples),
+        before,
+        format!("{rows} rows"),
+        target.durability.clone(),
+    );
+    target.finish().await?;
+    Ok(result)
+}
+
+async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
+    const BATCH: usize = 500;
+    let target = Target::create(options.engine, &options.postgres_url, 4).await?;
+    herald_store::migrate::migrate(&target.store, &[&herald_broker::embedded::MIGRATIONS]).await?;
+    let broker = EmbeddedBroker::new(target.store.clone());
+    let _group = broker
+        .subscribe("bench.raw", "bench", SubscribeOptions::default())
+        .await?;
+    let before = crate::process::usage();
+    let deadline = Instant::now() + options.duration;
+    let mut progress = Progress::new("raw publishes", None);
+    let started = Instant::now();
+    let mut published = 0usize;
+    let mut latencies = Vec::new();
+    while Instant::now() < deadline {
+        let messages: Vec<Message> = (published..published + BATCH)
+            .map(|i| {
+                let event = sample_event(i);
+                Message {
+                    id: event.id.clone(),
+                    key: Some(format!("key-{}", i % KEYS)),
+                    headers: vec![("type".to_owned(), event.event_type.clone())],
+                    payload: Bytes::from(serde_json::to_vec(&event).unwrap_or_default()),
+                }
+            })
+            .collect();
+        let at = Instant::now();
+        broker.publish("bench.raw", &messages).await?;
+        latencies.push(at.elapsed());
+        published += BATCH;
+        progress.update(published as u64);
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+    let result = outcome(
+        "limit",
+        format!("raw publish, batches of {BATCH}"),
+        options.engine,
+        broker.kind(),
+        published as f64 / elapsed.as_secs_f64(),
+        "messages/s",
+        Percentiles::of(&mut latencies),
+        before,
+        format!("{published} messages confirmed"),
+        format!(
+            "one consumer group; latency per batch; {}",
+            target.durability
+        ),
+    );
+    target.finish().await?;
+    Ok(result)
+}

@@ -1,0 +1,143 @@
+//! The scenarios `herald bench` runs.
+//!
+//! - [`outbox_write`]: producer commits per second, with one, 10 or 100 events per
+//!   transaction and several concurrent producers.
+//! - [`relay`]: how fast the relay drains a backlog, and commit→published latency at a fixed
+//!   rate (open loop).
+//! - [`limit`]: the raw limits of this machine in the same run — single-row INSERT commits per
+//!   second on the same database, and raw publishes per second to the broker — so the Herald
+//!   figures can be read as fractions of them.
+
+pub mod limit;
+pub mod outbox_write;
+pub mod relay;
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use herald_core::Event;
+
+use crate::process::Usage;
+use crate::report::Outcome;
+use crate::target::Engine;
+
+/// Settings shared by every scenario.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The database engine.
+    pub engine: Engine,
+    /// The PostgreSQL server (a fresh database is made on it).
+    pub postgres_url: String,
+    /// How long each timed case runs.
+    pub duration: Duration,
+    /// The offered rate of latency cases, per second.
+    pub rate: u32,
+    /// Backlog size for drain-type cases.
+    pub events: usize,
+    /// Concurrent producers.
+    pub producers: usize,
+}
+
+/// Partition keys used by the scenarios.
+pub const KEYS: usize = 100;
+
+/// A small event like a real one: about 200 bytes of JSON data, keyed by `i % KEYS`.
+pub fn sample_event(i: usize) -> Event {
+    let data = serde_json::json!({
+        "sequence": i,
+        "customer": format!("cus_{:08}", i % 9973),
+        "items": [{"sku": "sku-1", "quantity": 2}, {"sku": "sku-2", "quantity": 1}],
+        "total": 42.5,
+    });
+    // The type, source and data above are always valid, so this cannot fail.
+    Event::new("bench.order.placed", "/bench", &data)
+        .map(|event| event.with_partition_key(format!("key-{}", i % KEYS)))
+        .unwrap_or_else(|err| unreachable!("the sample event is valid: {err}"))
+}
+
+/// Builds an outcome, filling CPU and memory from the usage since `before`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn outcome(
+    scenario: &str,
+    case: String,
+    engine: Engine,
+    broker: &str,
+    value: f64,
+    unit: &str,
+    latency: Option<crate::stats::Percentiles>,
+    before: Usage,
+    checked: String,
+    settings: String,
+) -> Outcome {
+    let after = crate::process::usage();
+    Outcome {
+        scenario: scenario.to_owned(),
+        case,
+        store: engine.name().to_owned(),
+        broker: broker.to_owned(),
+        value,
+        unit: unit.to_owned(),
+        latency,
+        cpu_seconds: after.cpu.saturating_sub(before.cpu).as_secs_f64(),
+        peak_rss_mib: after.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        checked,
+        settings,
+    }
+}
+
+/// Shows progress on standard error: a line that rewrites itself on a terminal, a line every
+/// few seconds otherwise.
+#[derive(Debug)]
+pub struct Progress {
+    label: String,
+    total: Option<u64>,
+    started: Instant,
+    last: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    /// Starts showing progress of `label`, out of `total` if known.
+    pub fn new(label: impl Into<String>, total: Option<u64>) -> Self {
+        let now = Instant::now();
+        Self {
+            label: label.into(),
+            total,
+            started: now,
+            last: now,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Reports `done` units so far (printed at most a few times a second).
+    pub fn update(&mut self, done: u64) {
+        let every = if self.terminal {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let of = self.total.map(|t| format!("/{t}")).unwrap_or_default();
+        let line = format!(
+            "{}: {done}{of} ({rate:.0}/s, {:.0} s)",
+            self.label,
+            self.started.elapsed().as_secs_f64()
+        );
+        if self.terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Ends the progress line.
+    pub fn finish(self) {
+        if self.terminal {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}

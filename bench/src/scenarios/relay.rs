@@ -1,0 +1,342 @@
+//! `relay`: the outbox relay's throughput on a backlog, and its commit→published latency at a
+//! fixed offered rate.
+//!
+//! The relay runs in this process against the embedded queue on the same database. A thin
+//! wrapper around the broker records when each publish was confirmed and in what order, so
+//! the scenario can check that every committed event was published and that each key's events
+//! were published in commit order, and can time commit→confirm exactly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use herald_broker::embedded::EmbeddedBroker;
+use herald_broker::{BoxFuture, Broker, BrokerError, Message, SubscribeOptions, Subscription};
+use herald_outbox::{Relay, RelayOptions};
+
+use super::outbox_write::{commit, count_outbox, prefill};
+use super::{KEYS, Options, Progress, outcome, sample_event};
+use crate::report::Outcome;
+use crate::stats::Percentiles;
+use crate::target::Target;
+
+const TOPIC: &str = "bench.events";
+const BATCH: usize = 500;
+
+/// Records every confirmed publish: the message id, its key and when it was confirmed.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn Broker>,
+    confirmed: Mutex<Vec<(String, Option<String>, Instant)>>,
+}
+
+impl Broker for Recording {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.inner.publish(topic, messages).await?;
+            let now = Instant::now();
+            let mut confirmed = self
+                .confirmed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            confirmed.extend(messages.iter().map(|m| (m.id.clone(), m.key.clone(), now)));
+            Ok(())
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Subscription>, BrokerError>> {
+        self.inner.subscribe(topic, group, options)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.inner.ping()
+    }
+}
+
+impl Recording {
+    fn take(&self) -> Vec<(String, Option<String>, Instant)> {
+        std::mem::take(
+            &mut *self
+                .confirmed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// A fresh database with the outbox and the embedded queue, a consumer group on the topic,
+/// and a recording broker.
+async fn setup(
+    options: &Options,
+    connections: u32,
+) -> anyhow::Result<(Target, Arc<Recording>, Box<dyn Subscription>)> {
+    let target = Target::create(options.engine, &options.postgres_url, connections).await?;
+    herald_store::migrate::migrate(
+        &target.store,
+        &[
+            &herald_outbox::MIGRATIONS,
+            &herald_broker::embedded::MIGRATIONS,
+        ],
+    )
+    .await?;
+    let inner: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new(target.store.clone()));
+    // A group must exist, or the queue parks what it receives.
+    let subscription = inner
+        .subscribe(TOPIC, "bench", SubscribeOptions::default())
+        .await?;
+    let recording = Arc::new(Recording {
+        inner,
+        confirmed: Mutex::new(Vec::new()),
+    });
+    Ok((target, recording, subscription))
+}
+
+fn relay_options() -> RelayOptions {
+    RelayOptions {
+        topic: TOPIC.to_owned(),
+        batch_size: BATCH,
+        ..RelayOptions::default()
+    }
+}
+
+/// Checks that `published` holds each of `committed` exactly once and, per key, in the order
+/// of `committed`. Returns a description of what was checked.
+fn check(
+    committed: &[String],
+    published: &[(String, Option<String>, Instant)],
+) -> anyhow::Result<String> {
+    let position: HashMap<&str, usize> = committed
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut seen = vec![false; committed.len()];
+    let mut last_per_key: HashMap<&str, usize> = HashMap::new();
+    for (id, key, _) in published {
+        let index = *position
+            .get(id.as_str())
+            .with_context(|| format!("{id} was published but never committed"))?;
+        anyhow::ensure!(!seen[index], "{id} was published twice");
+        seen[index] = true;
+        if let Some(key) = key
+            && let Some(previous) = last_per_key.insert(key.as_str(), index)
+        {
+            anyhow::ensure!(
+                previous < index,
+                "key {key}: {id} was published before an event committed earlier"
+            );
+        }
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} committed events were not published"
+    );
+    Ok(format!(
+        "{}/{} published once each, order kept on {} keys",
+        published.len(),
+        committed.len(),
+        last_per_key.len()
+    ))
+}
+
+/// Runs both cases.
+pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
+    Ok(vec![throughput(options).await?, latency(options).await?])
+}
+
+async fn throughput(options: &Options) -> anyhow::Result<Outcome> {
+    let (target, broker, _subscription) = setup(options, 8).await?;
+    let committed = prefill(&target.store, options.events, 1000).await?;
+    let relay = Relay::new(target.store.clone(), broker.clone(), relay_options());
+
+    let before = crate::process::usage();
+    let started = Instant::now();
+    let give_up = started + Duration::from_secs(600);
+    let mut progress = Progress::new("relaying the backlog", Some(committed.len() as u64));
+    let mut relayed = 0usize;
+    loop {
+        let n = relay.relay_once().await?;
+        relayed += n;
+        progress.update(relayed as u64);
+        if n == 0 && count_outbox(&target.store).await? == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "the relay did not drain {} events within 600 s",
+            committed.len()
+        );
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+    let checked = check(&committed, &broker.take())?;
+    let result = outcome(
+        "relay",
+        format!("drain {} events", committed.len()),
+        options.engine,
+        "embedded",
+        committed.len() as f64 / elapsed.as_secs_f64(),
+        "events/s",
+        None,
+        before,
+        checked,
+        format!("batch {BATCH}, {KEYS} keys; {}", target.durability),
+    );
+    target.finish().await?;
+    Ok(result)
+}
+
+async fn latency(options: &Options) -> anyhow::Result<Outcome> {
+    let (target, broker, _subscription) = setup(options, 32).await?;
+    let relay = Arc::new(Relay::new(
+        target.store.clone(),
+        broker.clone(),
+        relay_options(),
+    ));
+    let waker = relay.waker();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            relay
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+
+    let before = crate::process::usage();
+    let total = (u64::from(options.rate) * options.duration.as_secs()).max(1) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
+    let commits: Arc<Mutex<Vec<(String, Instant)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut producers = tokio::task::JoinSet::new();
+    let mut progress = Progress::new(
+        format!("producing at {}/s", options.rate),
+        Some(total as u64),
+    );
+    let started = tokio::time::Instant::now();
+    for n in 0..total {
+        // Open loop: each event starts on its own schedule, not after the previous one.
+        tokio::time::sleep_until(started + interval * n as u32).await;
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the limiter closed")?;
+        let (store, commits, waker) = (target.store.clone(), commits.clone(), waker.clone());
+        producers.spawn(async move {
+            let event = sample_event(n);
+            let id = event.id.clone();
+            commit(&store, std::slice::from_ref(&event)).await?;
+            let at = Instant::now();
+            waker.wake();
+            commits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((id, at));
+            drop(permit);
+            anyhow::Ok(())
+        });
+        progress.update(n as u64 + 1);
+    }
+    while let Some(joined) = producers.join_next().await {
+        joined.context("a producer panicked")??;
+    }
+    let offered = total as f64 / started.elapsed().as_secs_f64();
+    progress.finish();
+
+    // Wait for the relay to publish the last of them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_outbox(&target.store).await? > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the relay did not catch up within 60 s after the load stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    running.await.context("the relay panicked")??;
+
+    let mut commits = std::mem::take(
+        &mut *commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let published = broker.take();
+    let confirmed_at: HashMap<&str, Instant> = published
+        .iter()
+        .map(|(id, _, at)| (id.as_str(), *at))
+        .collect();
+    let mut samples = Vec::with_capacity(commits.len());
+    for (id, committed_at) in &commits {
+        let at = confirmed_at
+            .get(id.as_str())
+            .with_context(|| format!("{id} was committed but not published"))?;
+        samples.push(at.saturating_duration_since(*committed_at));
+    }
+    // Order check: commit order is the order the producers' commits returned.
+    commits.sort_by_key(|(_, at)| *at);
+    let in_commit_order: Vec<String> = commits.into_iter().map(|(id, _)| id).collect();
+    let checked = check_set(&in_commit_order, &published)?;
+    let result = outcome(
+        "relay",
+        format!("latency at {}/s", options.rate),
+        options.engine,
+        "embedded",
+        offered,
+        "events/s offered",
+        Percentiles::of(&mut samples),
+        before,
+        checked,
+        format!(
+            "one event per transaction, commit→publish confirmed; {}",
+            target.durability
+        ),
+    );
+    target.finish().await?;
+    Ok(result)
+}
+
+/// Like [`check`] without the order part: concurrent single-event transactions of one key
+/// have no defined commit order between them.
+fn check_set(
+    committed: &[String],
+    published: &[(String, Option<String>, Instant)],
+) -> anyhow::Result<String> {
+    let mut counts: HashMap<&str, usize> = committed.iter().map(|id| (id.as_str(), 0)).collect();
+    for (id, _, _) in published {
+        *counts
+            .get_mut(id.as_str())
+            .with_context(|| format!("{id} was published but never committed"))? += 1;
+    }
+    let missing = counts.values().filter(|n| **n == 0).count();
+    let twice = counts.values().filter(|n| **n > 1).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} committed events were not published"
+    );
+    anyhow::ensure!(twice == 0, "{twice} events were published more than once");
+    Ok(format!(
+        "{}/{} published once each",
+        published.len(),
+        committed.len()
+    ))
+}
