@@ -17,7 +17,7 @@ use herald_telemetry::Health;
 use serde::Serialize;
 
 /// What the application is built from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AppOptions {
     /// Readiness checks and draining state.
     pub health: Health,
@@ -27,6 +27,8 @@ pub struct AppOptions {
     pub max_body_bytes: usize,
     /// `dev` or `serve`.
     pub mode: &'static str,
+    /// The platform API's routes (to go under `/v1`), when the `api` role runs.
+    pub api: Option<Router>,
 }
 
 /// Builds the application.
@@ -36,7 +38,10 @@ pub fn router(options: AppOptions) -> Router {
         mode: options.mode,
         started_at: now_rfc3339(),
     };
-    let v1 = Router::new().route("/system", get(system)).with_state(info);
+    let mut v1 = Router::new().route("/system", get(system)).with_state(info);
+    if let Some(api) = options.api {
+        v1 = v1.merge(api);
+    }
     let v1 = match options.admin_token {
         Some(token) => v1.layer(axum::middleware::from_fn_with_state(token, require_admin)),
         None => v1.layer(axum::middleware::from_fn(no_admin_key)),

@@ -23,6 +23,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations, then exit.
     Migrate(ConfigArgs),
+    /// Measure Herald on this machine; every scenario checks its own results.
+    Bench(BenchArgs),
     /// Print the version.
     Version,
 }
@@ -47,6 +49,71 @@ pub struct ServeArgs {
     /// Check the configuration, report every problem, and exit without serving.
     #[arg(long)]
     pub check: bool,
+}
+
+/// Options of `herald bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// The database engine.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub store: BenchStore,
+    /// The broker.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub broker: BenchBroker,
+    /// Seconds each timed case runs.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Offered events per second for latency cases.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: u32,
+    /// Backlog size for drain cases.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub events: u64,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub producers: u64,
+    /// The PostgreSQL server to use; a database is created on it for the run and dropped after.
+    #[arg(
+        long,
+        env = "HERALD_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres_url: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The benchmark scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Producer commits per second into the outbox.
+    OutboxWrite,
+    /// Relay throughput on a backlog, and commit→published latency at --rate.
+    Relay,
+    /// The machine's raw limits: INSERT commits/s and broker publishes/s.
+    Limit,
+    /// Every scenario above, in one run.
+    All,
+}
+
+/// Database engines for benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchStore {
+    /// PostgreSQL at --postgres-url.
+    Postgres,
+    /// SQLite in a temporary directory.
+    Sqlite,
+}
+
+/// Brokers for benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchBroker {
+    /// The embedded queue in the same database.
+    Embedded,
 }
 
 /// Where the configuration comes from.

@@ -5,10 +5,12 @@
 //! - [`config`]: layered, validated configuration.
 //! - [`data_dir`]: `herald dev`'s data directory and its admin key.
 //! - [`app`]: the HTTP application (routes, fallbacks, middleware).
-//! - [`server`]: listening, printing where, and graceful shutdown.
+//! - [`runtime`]: starting the configured roles on one store and broker, and stopping them.
+//! - [`server`]: listening and graceful shutdown.
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+pub mod runtime;
 pub mod server;

@@ -5,12 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use herald::app::{self, AppOptions};
-use herald::cli::{Cli, Command, ConfigArgs, DevArgs, ServeArgs};
+use herald::cli::{BenchArgs, BenchStore, Cli, Command, ConfigArgs, DevArgs, Scenario, ServeArgs};
 use herald::config::{self, Config, ConfigError};
 use herald::data_dir::DataDir;
+use herald::runtime::{self, Runtime};
 use herald::server;
-use herald_telemetry::Health;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,7 +20,8 @@ fn main() -> ExitCode {
         }
         Command::Dev(args) => runtime().and_then(|rt| rt.block_on(dev(args))),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
-        Command::Migrate(args) => migrate(&args),
+        Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate(&args))),
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench(&args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,9 +54,12 @@ fn env() -> impl Iterator<Item = (OsString, OsString)> {
     std::env::vars_os()
 }
 
-fn load_config(args: &ConfigArgs, base: toml::Table) -> anyhow::Result<Config> {
-    let config = config::load(base, args.config.as_deref(), env())?;
-    Ok(config)
+fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
+    Ok(config::load(
+        toml::Table::new(),
+        args.config.as_deref(),
+        env(),
+    )?)
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
@@ -64,32 +67,36 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         .context("cannot set up logging")
 }
 
-async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let mut base = toml::Table::new();
+/// `herald dev`'s defaults: loopback, a short shutdown, SQLite in the data directory.
+fn dev_defaults(data_dir: &DataDir) -> toml::Table {
     let mut http = toml::Table::new();
     http.insert("listen".into(), "127.0.0.1:8080".into());
     http.insert("shutdown_timeout".into(), "5s".into());
+    let mut store = toml::Table::new();
+    let db = data_dir.path().join("herald.db");
+    store.insert("url".into(), format!("sqlite://{}", db.display()).into());
+    let mut base = toml::Table::new();
     base.insert("http".into(), http.into());
-    let mut config = config::load(base, None, env())?;
-    if let Some(listen) = args.http {
-        config.http.listen = listen;
-    }
-    init_logging(&config)?;
+    base.insert("store".into(), store.into());
+    base
+}
 
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let data_path = match args.data_dir {
         Some(path) => path,
         None => DataDir::default_path()?,
     };
     let data_dir = DataDir::open(&data_path)?;
+    let mut config = config::load(dev_defaults(&data_dir), None, env())?;
+    if let Some(listen) = args.http {
+        config.http.listen = listen;
+    }
+    init_logging(&config)?;
     let admin = data_dir.admin_key()?;
 
-    let health = Health::new();
-    let app = app::router(AppOptions {
-        health: health.clone(),
-        admin_token: Some(admin.token.clone()),
-        max_body_bytes: config.http.max_body_bytes,
-        mode: "dev",
-    });
+    let shutdown = server::shutdown_channel();
+    let runtime =
+        Runtime::start(&config, Some(admin.token.clone()), "dev", shutdown.clone()).await?;
     let listener = server::bind(config.http.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     say(&format!(
@@ -112,11 +119,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         admin.path.display()
     ));
     say("  Stop with Ctrl-C.");
-    server::serve(listener, app, health, config.http.shutdown_timeout.0).await
+    run_until_shutdown(runtime, listener, &config, shutdown).await
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.config, toml::Table::new())?;
+    let config = load_config(&args.config)?;
     if args.check {
         say("the configuration is valid");
         return Ok(());
@@ -127,27 +134,98 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "no admin key is configured (`api.admin_token`): the platform API will refuse every request"
         );
     }
-    let health = Health::new();
-    let app = app::router(AppOptions {
-        health: health.clone(),
-        admin_token: config.admin_token.clone(),
-        max_body_bytes: config.http.max_body_bytes,
-        mode: "serve",
-    });
+    let shutdown = server::shutdown_channel();
+    let runtime = Runtime::start(
+        &config,
+        config.admin_token.clone(),
+        "serve",
+        shutdown.clone(),
+    )
+    .await?;
     let listener = server::bind(config.http.listen).await?;
     let addr = listener.local_addr()?;
     say(&format!(
         "herald {} (serve) listening on http://{addr}",
         env!("CARGO_PKG_VERSION")
     ));
-    tracing::info!(%addr, "serving");
-    server::serve(listener, app, health, config.http.shutdown_timeout.0).await
+    tracing::info!(%addr, roles = ?config.roles, "serving");
+    run_until_shutdown(runtime, listener, &config, shutdown).await
 }
 
-fn migrate(args: &ConfigArgs) -> anyhow::Result<()> {
-    load_config(args, toml::Table::new())?;
-    say(
-        "the configuration is valid; no component with stored state is built in yet, so there is nothing to migrate",
-    );
+async fn run_until_shutdown(
+    runtime: Runtime,
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let timeout = config.http.shutdown_timeout.0;
+    let served = server::serve(
+        listener,
+        runtime.app.clone(),
+        runtime.health.clone(),
+        timeout,
+        shutdown,
+    )
+    .await;
+    let stopped = runtime.stop(timeout).await;
+    served.and(stopped)
+}
+
+async fn migrate(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    init_logging(&config)?;
+    let store = runtime::connect_store(&config).await?;
+    let applied = runtime::migrate(&store, &config).await?;
+    store.close().await;
+    if applied.is_empty() {
+        say("the database is up to date");
+    } else {
+        for migration in &applied {
+            say(&format!(
+                "applied {} {} ({})",
+                migration.component, migration.version, migration.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    use herald_bench::scenarios::{self, Options};
+    use herald_bench::target::Engine;
+
+    let options = Options {
+        engine: match args.store {
+            BenchStore::Postgres => Engine::Postgres,
+            BenchStore::Sqlite => Engine::Sqlite,
+        },
+        postgres_url: args.postgres_url.clone(),
+        duration: std::time::Duration::from_secs(args.duration),
+        rate: args.rate,
+        events: usize::try_from(args.events).context("--events is too large")?,
+        producers: usize::try_from(args.producers).context("--producers is too large")?,
+    };
+    let mut report = herald_bench::Report::new();
+    let run_limit = matches!(args.scenario, Scenario::Limit | Scenario::All);
+    if run_limit {
+        report
+            .outcomes
+            .extend(scenarios::limit::run(&options).await?);
+    }
+    if matches!(args.scenario, Scenario::OutboxWrite | Scenario::All) {
+        report
+            .outcomes
+            .extend(scenarios::outbox_write::run(&options).await?);
+    }
+    if matches!(args.scenario, Scenario::Relay | Scenario::All) {
+        report
+            .outcomes
+            .extend(scenarios::relay::run(&options).await?);
+    }
+    if args.json {
+        say(&serde_json::to_string_pretty(&report)?);
+    } else {
+        say(&report.table());
+    }
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! Running the HTTP server: bind, say where, serve, and shut down gracefully.
+//! Running the HTTP server: bind, serve, and shut down gracefully.
 //!
-//! On SIGINT or SIGTERM the server marks itself as draining (readiness turns 503), stops
+//! [`shutdown_channel`] turns SIGINT or SIGTERM into a `watch` flag every part of the process
+//! waits on. When it flips, the server marks itself as draining (readiness turns 503), stops
 //! accepting connections, and gives in-flight requests up to the configured timeout to
-//! finish before the process exits anyway.
+//! finish before it returns anyway.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use anyhow::Context;
 use axum::Router;
 use herald_telemetry::Health;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Binds `addr`, with an error that says what to do when it is taken.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -19,34 +21,48 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Serves `app` on `listener` until a shutdown signal, then drains for at most
-/// `shutdown_timeout`.
+/// A flag that becomes `true` on SIGINT or SIGTERM.
+pub fn shutdown_channel() -> watch::Receiver<bool> {
+    let (sender, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = sender.send(true);
+    });
+    receiver
+}
+
+/// Resolves once `shutdown` is (or becomes) true, or its sender is gone.
+pub async fn until_shutdown(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Serves `app` on `listener` until `shutdown`, then drains for at most `shutdown_timeout`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     health: Health,
     shutdown_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
-    let drain_health = health.clone();
+    let signalled = shutdown.clone();
     let graceful = async move {
-        shutdown_signal().await;
-        drain_health.drain();
+        until_shutdown(signalled).await;
+        health.drain();
         tracing::info!(
             timeout_s = shutdown_timeout.as_secs_f64(),
-            "shutting down: finishing in-flight requests"
+            "finishing in-flight requests"
         );
-        let _ = signalled_tx.send(true);
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     let deadline = async move {
-        let _ = signalled_rx.wait_for(|signalled| *signalled).await;
+        until_shutdown(shutdown).await;
         tokio::time::sleep(shutdown_timeout).await;
     };
     tokio::select! {
         result = server => {
             result.context("the HTTP server failed")?;
-            tracing::info!("stopped");
+            tracing::info!("HTTP server stopped");
         }
         () = deadline => {
             tracing::warn!("in-flight requests did not finish within the shutdown timeout; stopping anyway");

@@ -68,13 +68,14 @@ pub struct Problem {
     pub key: String,
     /// What is wrong.
     pub message: String,
-    /// Where the value came from, e.g. `environment variable HERALD_HTTP__LISTEN`.
+    /// Where the value came from (`from environment variable HERALD_HTTP__LISTEN`), or where
+    /// to set a missing one.
     pub origin: String,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} (from {})", self.key, self.message, self.origin)
+        write!(f, "{}: {} ({})", self.key, self.message, self.origin)
     }
 }
 
@@ -88,11 +89,21 @@ pub struct Sources {
 impl Sources {
     fn origin(&self, key: &str) -> String {
         if let Some(var) = self.env.get(key) {
-            format!("environment variable {var}")
+            format!("from environment variable {var}")
         } else if let Some(file) = &self.file {
-            format!("{}", file.display())
+            format!("from {}", file.display())
         } else {
-            "the defaults".to_owned()
+            "from the defaults".to_owned()
+        }
+    }
+
+    /// A problem with a key that has no value at all.
+    pub(crate) fn missing(&self, key: &str, message: impl Into<String>) -> Problem {
+        let variable = format!("HERALD_{}", key.to_ascii_uppercase().replace('.', "__"));
+        Problem {
+            key: key.to_owned(),
+            message: message.into(),
+            origin: format!("set it in the configuration file or with {variable}"),
         }
     }
 
@@ -209,7 +220,7 @@ fn apply_env(
         let env_problem = |message: &str| Problem {
             key: key.clone(),
             message: message.to_owned(),
-            origin: format!("environment variable {name}"),
+            origin: format!("from environment variable {name}"),
         };
         if path.iter().any(String::is_empty) {
             problems.push(env_problem(
@@ -335,6 +346,7 @@ mod tests {
                 ("PATH", "/bin"),
                 ("HERALD_TEST_POSTGRES_URL", "x"),
                 ("HERALD_CONFIG", "y"),
+                ("HERALD_STORE__URL", "sqlite::memory:"),
             ]),
         )
         .unwrap();
@@ -353,6 +365,7 @@ mod tests {
             env(&[
                 ("HERALD_HTTP__MAX_BODY_BYTES", "8192"),
                 ("HERALD_HTTP__SHUTDOWN_TIMEOUT", "5s"),
+                ("HERALD_STORE__URL", "sqlite::memory:"),
             ]),
         )
         .unwrap();
@@ -384,6 +397,7 @@ mod tests {
         ));
         let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
         for key in [
+            "store.url",
             "htp",
             "http.listen",
             "http.shutdown_timeout",
@@ -401,7 +415,7 @@ mod tests {
             text.replace(&f.path().display().to_string(), "herald.toml")
         );
         assert!(
-            text.starts_with("the configuration has 8 problems:"),
+            text.starts_with("the configuration has 9 problems:"),
             "{text}"
         );
         assert!(
@@ -452,7 +466,7 @@ mod tests {
 
     #[test]
     fn base_is_overridden_by_file_and_env() {
-        let base: toml::Table = "[http]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = 2048"
+        let base: toml::Table = "[http]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = 2048\n[store]\nurl = \"sqlite::memory:\""
             .parse()
             .unwrap();
         let f = file("[http]\nmax_body_bytes = 4096\n");

@@ -25,12 +25,93 @@ pub use load::{ConfigError, Problem, Sources, load};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
+    /// The roles this process runs; all of them when not given.
+    pub roles: Option<Vec<Role>>,
     /// The HTTP server.
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
     /// The platform API.
     pub api: ApiConfig,
+    /// The database every stateful role uses.
+    pub store: StoreSection,
+    /// The message broker.
+    pub broker: BrokerConfig,
+    /// The outbox relay.
+    pub relay: RelaySection,
+}
+
+/// A part of Herald that a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The platform HTTP API (`/v1/…`): accepts events and serves them.
+    Api,
+    /// The outbox relay: moves committed events to the broker.
+    Relay,
+}
+
+impl Role {
+    /// Every role, in start order.
+    pub const ALL: [Role; 2] = [Role::Api, Role::Relay];
+}
+
+/// `[store]`: the database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `postgres://user:password@host/db` or `sqlite:PATH`. Required.
+    pub url: Option<Secret<String>>,
+    /// The most connections to open (1 to 1000).
+    pub max_connections: u32,
+    /// Apply missing migrations at start-up. With `false`, run `herald migrate` first.
+    pub auto_migrate: bool,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            auto_migrate: true,
+        }
+    }
+}
+
+/// `[broker]`: the message broker, chosen by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BrokerConfig {
+    /// The embedded queue, in the store's database: nothing else to run.
+    Embedded {},
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self::Embedded {}
+    }
+}
+
+/// `[relay]`: the outbox relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySection {
+    /// The broker topic events are published to.
+    pub topic: String,
+    /// The most events published in one batch (1 to 10000).
+    pub batch_size: usize,
+    /// Publish attempts before an event is set aside as failed (1 to 1000).
+    pub max_attempts: u32,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            topic: "herald.events".to_owned(),
+            batch_size: 500,
+            max_attempts: 10,
+        }
+    }
 }
 
 /// `[http]`: the HTTP server.
@@ -115,12 +196,39 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Configuration after every check passed.
 #[derive(Debug)]
 pub struct Config {
+    /// The roles to run, in start order.
+    pub roles: Vec<Role>,
     /// The HTTP server.
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
     /// The admin API key, if configured.
     pub admin_token: Option<AdminToken>,
+    /// The database.
+    pub store: StoreConfig,
+    /// The broker.
+    pub broker: BrokerConfig,
+    /// The relay.
+    pub relay: RelaySection,
+}
+
+/// The checked `[store]` section.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The URL (it may hold a password).
+    pub url: Secret<String>,
+    /// The most connections.
+    pub max_connections: u32,
+    /// Apply migrations at start-up.
+    pub auto_migrate: bool,
+}
+
+/// Whether `name` can be a topic on every broker: 1 to 200 ASCII letters, digits, `.`, `_`, `-`.
+fn topic_ok(name: &str) -> bool {
+    (1..=200).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl RawConfig {
@@ -148,10 +256,71 @@ impl RawConfig {
             },
             None => None,
         };
+        let mut roles = self.roles.unwrap_or_else(|| Role::ALL.to_vec());
+        roles.sort();
+        roles.dedup();
+        if roles.is_empty() {
+            problems.push(sources.problem("roles", "must name at least one role: api, relay"));
+        }
+        let store = match self.store.url {
+            Some(url) => {
+                let text = url.expose();
+                if !(text.starts_with("postgres://")
+                    || text.starts_with("postgresql://")
+                    || text.starts_with("sqlite:"))
+                {
+                    problems.push(sources.problem("store.url", "must start with postgres://, postgresql:// or sqlite: (the value is secret and not shown)"));
+                }
+                Some(StoreConfig {
+                    url,
+                    max_connections: self.store.max_connections,
+                    auto_migrate: self.store.auto_migrate,
+                })
+            }
+            None => {
+                problems.push(sources.missing("store.url", "is required, e.g. postgres://herald@127.0.0.1/herald or sqlite:/var/lib/herald/herald.db"));
+                None
+            }
+        };
+        if !(1..=1000).contains(&self.store.max_connections) {
+            problems.push(sources.problem(
+                "store.max_connections",
+                format!(
+                    "must be between 1 and 1000, not {}",
+                    self.store.max_connections
+                ),
+            ));
+        }
+        if !topic_ok(&self.relay.topic) {
+            problems.push(sources.problem(
+                "relay.topic",
+                "must be 1 to 200 ASCII letters, digits, `.`, `_` or `-`",
+            ));
+        }
+        if !(1..=10_000).contains(&self.relay.batch_size) {
+            problems.push(sources.problem(
+                "relay.batch_size",
+                format!("must be between 1 and 10000, not {}", self.relay.batch_size),
+            ));
+        }
+        if !(1..=1000).contains(&self.relay.max_attempts) {
+            problems.push(sources.problem(
+                "relay.max_attempts",
+                format!(
+                    "must be between 1 and 1000, not {}",
+                    self.relay.max_attempts
+                ),
+            ));
+        }
+        let store = store?;
         (problems.len() == before).then_some(Config {
+            roles,
             http: self.http,
             log: self.log,
             admin_token,
+            store,
+            broker: self.broker,
+            relay: self.relay,
         })
     }
 }

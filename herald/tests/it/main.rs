@@ -7,5 +7,7 @@ mod support;
 
 mod cli;
 mod dev;
+mod events;
+mod relay_crash;
 mod serve;
 mod tidy;

@@ -4,10 +4,28 @@ use std::io::Write;
 
 use crate::support::{Running, client, herald, json_body};
 
-fn config_file(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
+/// A configuration file in a directory of its own, removed when dropped.
+struct ConfigFile {
+    dir: tempfile::TempDir,
+}
+
+impl ConfigFile {
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("herald.toml")
+    }
+}
+
+/// A configuration file with `text`, plus a `[store]` on a fresh SQLite file unless `text`
+/// has its own.
+fn config_file(text: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("herald.toml")).unwrap();
     file.write_all(text.as_bytes()).unwrap();
-    file
+    if !text.contains("[store]") {
+        let db = dir.path().join("herald.db");
+        write!(file, "\n[store]\nurl = \"sqlite://{}\"\n", db.display()).unwrap();
+    }
+    ConfigFile { dir }
 }
 
 #[test]
@@ -40,9 +58,19 @@ fn an_unknown_key_and_a_bad_value_are_reported_together() {
 }
 
 #[test]
+fn a_missing_store_url_says_how_to_set_it() {
+    let output = herald().args(["serve", "--check"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("store.url: is required"), "{stderr}");
+    assert!(stderr.contains("HERALD_STORE__URL"), "{stderr}");
+}
+
+#[test]
 fn environment_overrides_are_checked_and_named() {
     let output = herald()
         .args(["serve", "--check"])
+        .env("HERALD_STORE__URL", "sqlite::memory:")
         .env("HERALD_HTTP__MAX_BODY_BYTES", "lots")
         .output()
         .unwrap();
