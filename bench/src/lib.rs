@@ -9,8 +9,10 @@
 //! - [`process`]: CPU time and peak memory of this process.
 //! - [`target`]: the database a run uses (a fresh PostgreSQL database or SQLite file).
 //! - [`report`]: results as a table or JSON.
+//! - [`markdown`]: the results table of `BENCHMARKS.md`, generated from JSON reports.
 //! - [`scenarios`]: the scenarios themselves.
 
+pub mod markdown;
 pub mod process;
 pub mod report;
 pub mod scenarios;

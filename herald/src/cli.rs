@@ -54,9 +54,12 @@ pub struct ServeArgs {
 /// Options of `herald bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure.
+    /// What to measure (or `report`, to turn JSON results into a Markdown table).
     #[arg(value_enum)]
     pub scenario: Scenario,
+    /// With `report`: the files written by `herald bench … --json`.
+    #[arg(value_name = "JSON_FILES")]
+    pub files: Vec<std::path::PathBuf>,
     /// The database engine.
     #[arg(long, value_enum, default_value = "postgres")]
     pub store: BenchStore,
@@ -98,6 +101,8 @@ pub enum Scenario {
     Limit,
     /// Every scenario above, in one run.
     All,
+    /// Print the Markdown results table of BENCHMARKS.md from JSON results.
+    Report,
 }
 
 /// Database engines for benchmarks.

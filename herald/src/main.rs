@@ -194,6 +194,31 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     use herald_bench::scenarios::{self, Options};
     use herald_bench::target::Engine;
 
+    if args.scenario == Scenario::Report {
+        anyhow::ensure!(
+            !args.files.is_empty(),
+            "`herald bench report` needs the JSON files written by `herald bench … --json`"
+        );
+        let mut reports = Vec::new();
+        for path in &args.files {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let report: herald_bench::Report = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not the JSON output of `herald bench`",
+                    path.display()
+                )
+            })?;
+            reports.push(report);
+        }
+        say(&herald_bench::markdown::render(&reports));
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.files.is_empty(),
+        "files are only read by `herald bench report`"
+    );
+
     let options = Options {
         engine: match args.store {
             BenchStore::Postgres => Engine::Postgres,

@@ -1,0 +1,198 @@
+//! `BENCHMARKS.md` from `herald bench --json` output, so the published table is generated
+//! from measurements and never typed by hand.
+//!
+//! Each figure is shown beside the goal the project set for it (see [`GOALS`]) and, where the
+//! same run measured one, beside the machine's raw limit, as a ratio.
+
+use std::fmt::Write as _;
+
+use crate::report::{Outcome, Report};
+
+/// A goal: which outcome it applies to and what it asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Goal {
+    /// The scenario.
+    pub scenario: &'static str,
+    /// A prefix of the case.
+    pub case: &'static str,
+    /// What is compared.
+    pub measure: Measure,
+    /// The bound.
+    pub bound: f64,
+    /// How the goal is written in the table.
+    pub text: &'static str,
+}
+
+/// The figure a goal bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// The main value must be at least the bound.
+    AtLeast,
+    /// The p99 latency must be at most the bound, in ms.
+    P99AtMost,
+}
+
+/// The goals, from the project's issues.
+pub const GOALS: &[Goal] = &[
+    Goal {
+        scenario: "relay",
+        case: "drain",
+        measure: Measure::AtLeast,
+        bound: 10_000.0,
+        text: "≥ 10,000 events/s",
+    },
+    Goal {
+        scenario: "relay",
+        case: "latency at 1000/s",
+        measure: Measure::P99AtMost,
+        bound: 50.0,
+        text: "p99 ≤ 50 ms at 1,000/s",
+    },
+];
+
+/// Which limit an outcome is compared with: (scenario, case prefix) of the limit.
+fn limit_of(outcome: &Outcome) -> Option<(&'static str, &'static str)> {
+    match outcome.scenario.as_str() {
+        "relay" if outcome.case.starts_with("drain") => Some(("limit", "raw publish")),
+        "outbox-write" if outcome.case.starts_with("1 per tx") => {
+            Some(("limit", "single-row INSERT"))
+        }
+        _ => None,
+    }
+}
+
+fn goal_of(outcome: &Outcome) -> Option<&'static Goal> {
+    GOALS
+        .iter()
+        .find(|g| g.scenario == outcome.scenario && outcome.case.starts_with(g.case))
+}
+
+fn verdict(goal: &Goal, outcome: &Outcome) -> &'static str {
+    let met = match goal.measure {
+        Measure::AtLeast => outcome.value >= goal.bound,
+        Measure::P99AtMost => outcome.latency.is_some_and(|l| l.p99_ms <= goal.bound),
+    };
+    if met { "met" } else { "**missed**" }
+}
+
+/// Renders the results table of `reports` (several runs may be combined, e.g. one per store).
+pub fn render(reports: &[Report]) -> String {
+    let all: Vec<&Outcome> = reports.iter().flat_map(|r| &r.outcomes).collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | case | store | broker | result | p50 ms | p99 ms | max ms | CPU s | RSS MiB | vs. limit | goal |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for o in &all {
+        let ms = |f: fn(&crate::stats::Percentiles) -> f64| {
+            o.latency
+                .as_ref()
+                .map_or("–".to_owned(), |p| format!("{:.1}", f(p)))
+        };
+        let vs_limit = limit_of(o)
+            .and_then(|(scenario, case)| {
+                all.iter().find(|l| {
+                    l.scenario == scenario && l.case.starts_with(case) && l.store == o.store
+                })
+            })
+            .map_or("–".to_owned(), |limit| {
+                format!(
+                    "{:.0}% of {:.0} {}",
+                    100.0 * o.value / limit.value,
+                    limit.value,
+                    limit.unit
+                )
+            });
+        let goal = goal_of(o).map_or("–".to_owned(), |g| {
+            format!("{}: {}", g.text, verdict(g, o))
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.0} {} | {} | {} | {} | {:.1} | {:.0} | {} | {} |",
+            o.scenario,
+            o.case,
+            o.store,
+            o.broker,
+            o.value,
+            o.unit,
+            ms(|p| p.p50_ms),
+            ms(|p| p.p99_ms),
+            ms(|p| p.max_ms),
+            o.cpu_seconds,
+            o.peak_rss_mib,
+            vs_limit,
+            goal
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "What each run checked, and its settings:");
+    let _ = writeln!(out);
+    for o in &all {
+        let _ = writeln!(
+            out,
+            "- {} / {} / {}: {}; {}.",
+            o.scenario, o.case, o.store, o.checked, o.settings
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Percentiles;
+
+    fn outcome(scenario: &str, case: &str, value: f64, unit: &str, p99: Option<f64>) -> Outcome {
+        Outcome {
+            scenario: scenario.into(),
+            case: case.into(),
+            store: "postgres".into(),
+            broker: "embedded".into(),
+            value,
+            unit: unit.into(),
+            latency: p99.map(|p99_ms| Percentiles {
+                count: 10,
+                p50_ms: 1.0,
+                p90_ms: 2.0,
+                p99_ms,
+                max_ms: p99_ms + 1.0,
+            }),
+            cpu_seconds: 1.0,
+            peak_rss_mib: 20.0,
+            checked: "all".into(),
+            settings: "defaults".into(),
+        }
+    }
+
+    #[test]
+    fn shows_goals_verdicts_and_ratios() {
+        let mut report = Report::new();
+        report.outcomes = vec![
+            outcome(
+                "limit",
+                "raw publish, batches of 500",
+                40_000.0,
+                "messages/s",
+                None,
+            ),
+            outcome("relay", "drain 100000 events", 20_000.0, "events/s", None),
+            outcome(
+                "relay",
+                "latency at 1000/s",
+                1000.0,
+                "events/s offered",
+                Some(75.0),
+            ),
+        ];
+        let text = render(&[report]);
+        assert!(
+            text.contains("| 50% of 40000 messages/s | ≥ 10,000 events/s: met |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p99 ≤ 50 ms at 1,000/s: **missed**"),
+            "{text}"
+        );
+    }
+}
