@@ -102,6 +102,7 @@ impl Runtime {
                     topic: config.relay.topic.clone(),
                     batch_size: config.relay.batch_size,
                     max_attempts: config.relay.max_attempts,
+                    publish_timeout: config.relay.publish_timeout.0,
                     ..RelayOptions::default()
                 },
             );

@@ -102,6 +102,9 @@ pub struct RelaySection {
     pub batch_size: usize,
     /// Publish attempts before an event is set aside as failed (1 to 1000).
     pub max_attempts: u32,
+    /// How long one publish may take before it counts as failed (1s to 10m). On SQLite, rows
+    /// of a relay that died mid-publish are published again about this long plus 40 s later.
+    pub publish_timeout: HumanDuration,
 }
 
 impl Default for RelaySection {
@@ -110,6 +113,7 @@ impl Default for RelaySection {
             topic: "herald.events".to_owned(),
             batch_size: 500,
             max_attempts: 10,
+            publish_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -302,6 +306,11 @@ impl RawConfig {
                 "relay.batch_size",
                 format!("must be between 1 and 10000, not {}", self.relay.batch_size),
             ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600))
+            .contains(&self.relay.publish_timeout.0)
+        {
+            problems.push(sources.problem("relay.publish_timeout", "must be between 1s and 10m"));
         }
         if !(1..=1000).contains(&self.relay.max_attempts) {
             problems.push(sources.problem(
