@@ -79,6 +79,22 @@ async fn an_event_posted_to_herald_dev_reaches_the_queue() {
     assert_eq!(payload["id"], id);
     assert_eq!(payload["originalid"], "order-7");
     delivery.ack().await.unwrap();
+
+    // The relay's work shows in the metrics.
+    let metrics = http
+        .get(herald.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let relayed = metrics
+        .lines()
+        .find(|line| line.starts_with("herald_outbox_relayed_total "))
+        .unwrap_or_else(|| panic!("no herald_outbox_relayed_total in:\n{metrics}"));
+    assert_eq!(relayed, "herald_outbox_relayed_total 1");
+    assert!(metrics.contains("herald_outbox_lag_seconds"), "{metrics}");
 }
 
 #[tokio::test]
