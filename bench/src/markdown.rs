@@ -30,6 +30,8 @@ pub enum Measure {
     AtLeast,
     /// The p99 latency must be at most the bound, in ms.
     P99AtMost,
+    /// The peak RSS must be below the bound, in MiB.
+    RssBelow,
 }
 
 /// The goals, from the project's issues.
@@ -48,12 +50,27 @@ pub const GOALS: &[Goal] = &[
         bound: 50.0,
         text: "p99 ≤ 50 ms at 1,000/s",
     },
+    Goal {
+        scenario: "drain",
+        case: "",
+        measure: Measure::AtLeast,
+        bound: 20_000.0,
+        text: "≥ 20,000 events/s",
+    },
+    Goal {
+        scenario: "drain",
+        case: "",
+        measure: Measure::RssBelow,
+        bound: 50.0,
+        text: "relay RSS < 50 MiB",
+    },
 ];
 
 /// Which limit an outcome is compared with: (scenario, case prefix) of the limit.
 fn limit_of(outcome: &Outcome) -> Option<(&'static str, &'static str)> {
     match outcome.scenario.as_str() {
         "relay" if outcome.case.starts_with("drain") => Some(("limit", "raw publish")),
+        "drain" => Some(("limit", "raw publish")),
         "outbox-write" if outcome.case.starts_with("1 per tx") => {
             Some(("limit", "single-row INSERT"))
         }
@@ -61,16 +78,18 @@ fn limit_of(outcome: &Outcome) -> Option<(&'static str, &'static str)> {
     }
 }
 
-fn goal_of(outcome: &Outcome) -> Option<&'static Goal> {
+fn goals_of(outcome: &Outcome) -> Vec<&'static Goal> {
     GOALS
         .iter()
-        .find(|g| g.scenario == outcome.scenario && outcome.case.starts_with(g.case))
+        .filter(|g| g.scenario == outcome.scenario && outcome.case.starts_with(g.case))
+        .collect()
 }
 
 fn verdict(goal: &Goal, outcome: &Outcome) -> &'static str {
     let met = match goal.measure {
         Measure::AtLeast => outcome.value >= goal.bound,
         Measure::P99AtMost => outcome.latency.is_some_and(|l| l.p99_ms <= goal.bound),
+        Measure::RssBelow => outcome.peak_rss_mib < goal.bound,
     };
     if met { "met" } else { "**missed**" }
 }
@@ -104,9 +123,15 @@ pub fn render(reports: &[Report]) -> String {
                     limit.unit
                 )
             });
-        let goal = goal_of(o).map_or("–".to_owned(), |g| {
-            format!("{}: {}", g.text, verdict(g, o))
-        });
+        let goals: Vec<String> = goals_of(o)
+            .iter()
+            .map(|g| format!("{}: {}", g.text, verdict(g, o)))
+            .collect();
+        let goal = if goals.is_empty() {
+            "–".to_owned()
+        } else {
+            goals.join("; ")
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {:.0} {} | {} | {} | {} | {:.1} | {:.0} | {} | {} |",

@@ -1,7 +1,8 @@
-//! CPU time and peak resident memory of this process, read from `/proc` (Linux).
+//! CPU time and peak resident memory of a process, read from `/proc` (Linux).
 //!
-//! The scenarios run Herald's components in this process, so these figures are Herald's plus
-//! the load generator's: an upper bound on what the component alone would use.
+//! Most scenarios run Herald's components in this process, so [`usage`] gives Herald's figures
+//! plus the load generator's: an upper bound. Where a component runs as its own process,
+//! [`usage_of`] reads that process alone.
 
 use std::time::Duration;
 
@@ -17,9 +18,18 @@ pub struct Usage {
     pub peak_rss_bytes: u64,
 }
 
-/// Reads the counters; zeros where `/proc` is not available.
+/// Reads this process's counters; zeros where `/proc` is not available.
 pub fn usage() -> Usage {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
+    usage_at("/proc/self")
+}
+
+/// Reads another process's counters (it must still be running).
+pub fn usage_of(pid: u32) -> Usage {
+    usage_at(&format!("/proc/{pid}"))
+}
+
+fn usage_at(dir: &str) -> Usage {
+    let cpu = std::fs::read_to_string(format!("{dir}/stat"))
         .ok()
         .and_then(|stat| {
             // The command name (field 2) may contain spaces; fields after it are fixed.
@@ -30,7 +40,7 @@ pub fn usage() -> Usage {
             Some(Duration::from_secs_f64((user + system) / TICKS_PER_SECOND))
         })
         .unwrap_or_default();
-    let peak_rss_bytes = std::fs::read_to_string("/proc/self/status")
+    let peak_rss_bytes = std::fs::read_to_string(format!("{dir}/status"))
         .ok()
         .and_then(|status| {
             let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -62,5 +72,7 @@ mod tests {
             "a running process has some memory"
         );
         assert!(after.cpu >= before.cpu);
+        let by_pid = usage_of(std::process::id());
+        assert!(by_pid.peak_rss_bytes >= after.peak_rss_bytes);
     }
 }

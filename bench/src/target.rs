@@ -41,6 +41,8 @@ pub struct Target {
     pub engine: Engine,
     /// How durable commits are, e.g. `synchronous_commit=on fsync=on`.
     pub durability: String,
+    /// The database's URL, for a process the scenario starts.
+    pub url: String,
     cleanup: Cleanup,
 }
 
@@ -114,6 +116,7 @@ impl Target {
                     store,
                     engine,
                     durability: format!("synchronous_commit={synchronous} fsync={fsync}"),
+                    url,
                     cleanup: Cleanup::Postgres {
                         server_url: postgres_url.to_owned(),
                         name,
@@ -129,6 +132,7 @@ impl Target {
                     store,
                     engine,
                     durability: "journal_mode=wal synchronous=normal".to_owned(),
+                    url,
                     cleanup: Cleanup::Sqlite { _dir: dir },
                 })
             }

@@ -72,9 +72,12 @@ pub struct BenchArgs {
     /// Offered events per second for latency cases.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate: u32,
-    /// Backlog size for drain cases.
+    /// Backlog size for the relay scenario's drain case.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub events: u64,
+    /// Backlog size for the drain scenario.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub drain_events: u64,
     /// Concurrent producers.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub producers: u64,
@@ -97,6 +100,8 @@ pub enum Scenario {
     OutboxWrite,
     /// Relay throughput on a backlog, and commit→published latency at --rate.
     Relay,
+    /// A relay process draining a backlog of --drain-events; its CPU and memory alone.
+    Drain,
     /// The machine's raw limits: INSERT commits/s and broker publishes/s.
     Limit,
     /// Every scenario above, in one run.

@@ -228,6 +228,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         duration: std::time::Duration::from_secs(args.duration),
         rate: args.rate,
         events: usize::try_from(args.events).context("--events is too large")?,
+        drain_events: usize::try_from(args.drain_events).context("--drain-events is too large")?,
         producers: usize::try_from(args.producers).context("--producers is too large")?,
     };
     let mut report = herald_bench::Report::new();
@@ -246,6 +247,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         report
             .outcomes
             .extend(scenarios::relay::run(&options).await?);
+    }
+    if matches!(args.scenario, Scenario::Drain | Scenario::All) {
+        report
+            .outcomes
+            .extend(scenarios::drain::run(&options).await?);
     }
     if args.json {
         say(&serde_json::to_string_pretty(&report)?);

@@ -4,10 +4,13 @@
 //!   transaction and several concurrent producers.
 //! - [`relay`]: how fast the relay drains a backlog, and commit→published latency at a fixed
 //!   rate (open loop).
+//! - [`drain`]: a relay running as its own process drains a large backlog; its CPU and memory
+//!   are measured alone.
 //! - [`limit`]: the raw limits of this machine in the same run — single-row INSERT commits per
 //!   second on the same database, and raw publishes per second to the broker — so the Herald
 //!   figures can be read as fractions of them.
 
+pub mod drain;
 pub mod limit;
 pub mod outbox_write;
 pub mod relay;
@@ -32,8 +35,10 @@ pub struct Options {
     pub duration: Duration,
     /// The offered rate of latency cases, per second.
     pub rate: u32,
-    /// Backlog size for drain-type cases.
+    /// Backlog size for the in-process relay case.
     pub events: usize,
+    /// Backlog size for the `drain` scenario.
+    pub drain_events: usize,
     /// Concurrent producers.
     pub producers: usize,
 }

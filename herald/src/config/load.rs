@@ -19,8 +19,9 @@ use super::{Config, RawConfig};
 
 /// Prefix of configuration environment variables.
 const ENV_PREFIX: &str = "HERALD_";
-/// Variables with the prefix that are not configuration keys (after the prefix).
-const ENV_RESERVED: &[&str] = &["CONFIG", "TEST_"];
+/// Variables with the prefix that are not configuration keys (after the prefix): the
+/// `--config` path, the test harness's service URLs, and `herald bench`'s options.
+const ENV_RESERVED: &[&str] = &["CONFIG", "TEST_", "BENCH_"];
 /// More rounds than this means something is badly wrong; report what we have.
 const MAX_ROUNDS: usize = 64;
 
@@ -346,6 +347,7 @@ mod tests {
                 ("PATH", "/bin"),
                 ("HERALD_TEST_POSTGRES_URL", "x"),
                 ("HERALD_CONFIG", "y"),
+                ("HERALD_BENCH_POSTGRES_URL", "z"),
                 ("HERALD_STORE__URL", "sqlite::memory:"),
             ]),
         )

@@ -3,7 +3,8 @@
 //! Layers, each overriding the one before: built-in defaults, the TOML file given with
 //! `--config`, then `HERALD_*` environment variables, where `__` separates nested keys
 //! (`HERALD_HTTP__LISTEN=0.0.0.0:9000` sets `listen` in `[http]`). `HERALD_CONFIG` (the file
-//! path) and `HERALD_TEST_*` (used by the test harness) are not configuration keys.
+//! path), `HERALD_TEST_*` (used by the test harness) and `HERALD_BENCH_*` (`herald bench`'s
+//! options) are not configuration keys.
 //!
 //! Everything is checked at start-up and every problem is reported at once, each naming its
 //! key and where the value came from (see [`load`]). After that, code reads typed values and

@@ -18,6 +18,8 @@ fn run_all(store: &str) -> serde_json::Value {
             "2000",
             "--rate",
             "100",
+            "--drain-events",
+            "3000",
             "--json",
         ])
         .env("HERALD_BENCH_POSTGRES_URL", service_url(POSTGRES_URL))
@@ -43,11 +45,20 @@ fn check(report: &serde_json::Value, store: &str) {
             )
         })
         .collect();
-    assert_eq!(outcomes.len(), 7, "{cases:#?}");
+    assert_eq!(outcomes.len(), 8, "{cases:#?}");
     for outcome in outcomes {
         assert_eq!(outcome["store"], store);
         assert!(outcome["value"].as_f64().unwrap() > 0.0, "{outcome}");
     }
+    let process = outcomes.iter().find(|o| o["scenario"] == "drain").unwrap();
+    assert_eq!(
+        process["checked"],
+        "3000/3000 queued once each, order kept on 100 keys"
+    );
+    assert!(
+        process["peak_rss_mib"].as_f64().unwrap() > 1.0,
+        "the relay process's own memory: {process}"
+    );
     let drain = outcomes
         .iter()
         .find(|o| o["case"].as_str().unwrap().starts_with("drain"))

@@ -1,0 +1,201 @@
+//! `drain`: a relay running as its own process drains a large backlog (1M events by default).
+//!
+//! The backlog is written first (not timed). Then `herald serve` is started with only the
+//! relay role against the same database and the embedded queue, and the clock runs until the
+//! outbox is empty. CPU and peak memory are those of the relay process alone. Afterwards the
+//! queue is read back in publish order to check that every committed event arrived exactly
+//! once and each key's events in commit order (this reads the embedded queue's table
+//! directly, which is fine for a benchmark and keeps the check out of the timed part).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use herald_broker::embedded::EmbeddedBroker;
+use herald_broker::{Broker, SubscribeOptions};
+use herald_store::Store;
+
+use super::outbox_write::{count_outbox, prefill};
+use super::{KEYS, Options, Progress, outcome};
+use crate::report::Outcome;
+use crate::target::Target;
+
+const TOPIC: &str = "bench.drain";
+const BATCH: usize = 500;
+
+/// Runs the scenario.
+pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
+    let target = Target::create(options.engine, &options.postgres_url, 4).await?;
+    herald_store::migrate::migrate(
+        &target.store,
+        &[
+            &herald_outbox::MIGRATIONS,
+            &herald_broker::embedded::MIGRATIONS,
+        ],
+    )
+    .await?;
+    let broker = EmbeddedBroker::new(target.store.clone());
+    let _group = broker
+        .subscribe(TOPIC, "bench", SubscribeOptions::default())
+        .await?;
+    let committed = prefill(&target.store, options.drain_events, 1000).await?;
+
+    let dir = std::env::temp_dir().join(format!("herald-drain-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("herald.toml");
+    let mut file = std::fs::File::create(&config)?;
+    write!(
+        file,
+        "roles = [\"relay\"]\n[http]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"warn\"\n[store]\nurl = \"{}\"\nauto_migrate = false\n[relay]\ntopic = \"{TOPIC}\"\nbatch_size = {BATCH}\n",
+        target.url
+    )?;
+    drop(file);
+
+    let exe = std::env::current_exe().context("cannot find the herald binary")?;
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start the relay process")?;
+    let pid = child.id();
+    let result = async {
+        wait_until_listening(&mut child)?;
+        let mut progress = Progress::new("relay process draining", Some(committed.len() as u64));
+        let give_up = Instant::now() + Duration::from_secs(1800);
+        loop {
+            let left = count_outbox(&target.store).await?;
+            progress.update(committed.len() as u64 - left as u64);
+            if left == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                child.try_wait()?.is_none(),
+                "the relay process exited early"
+            );
+            anyhow::ensure!(
+                Instant::now() < give_up,
+                "the relay process did not drain the backlog within 30 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        progress.finish();
+        Ok((started.elapsed(), crate::process::usage_of(pid)))
+    }
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let exited = wait_bounded(&mut child, Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (elapsed, usage) = result?;
+    anyhow::ensure!(
+        exited,
+        "the relay process did not stop within 30 s of SIGTERM"
+    );
+
+    let checked = check(&target.store, &committed).await?;
+    let before = crate::process::Usage::default();
+    let mut result = outcome(
+        "drain",
+        format!("{} events, relay process", committed.len()),
+        options.engine,
+        "embedded",
+        committed.len() as f64 / elapsed.as_secs_f64(),
+        "events/s",
+        None,
+        before,
+        checked,
+        format!("batch {BATCH}, {KEYS} keys; {}", target.durability),
+    );
+    // The relay process's own figures, not this process's.
+    result.cpu_seconds = usage.cpu.as_secs_f64();
+    result.peak_rss_mib = usage.peak_rss_bytes as f64 / (1024.0 * 1024.0);
+    target.finish().await?;
+    Ok(vec![result])
+}
+
+fn wait_until_listening(child: &mut std::process::Child) -> anyhow::Result<()> {
+    let stdout = child
+        .stdout
+        .take()
+        .context("the relay's stdout is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .context("the relay process did not start within 30 s")
+}
+
+fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+async fn check(store: &Store, committed: &[String]) -> anyhow::Result<String> {
+    let rows: Vec<(String, Option<String>)> = match store {
+        Store::Postgres(pool) => {
+            sqlx::query_as("SELECT message_id, partition_key FROM herald_queue_messages WHERE topic = $1 AND grp = 'bench' ORDER BY seq")
+                .bind(TOPIC)
+                .fetch_all(pool)
+                .await?
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query_as("SELECT message_id, partition_key FROM herald_queue_messages WHERE topic = ?1 AND grp = 'bench' ORDER BY seq")
+                .bind(TOPIC)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    let position: HashMap<&str, usize> = committed
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut seen = vec![false; committed.len()];
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (id, key) in &rows {
+        let index = *position
+            .get(id.as_str())
+            .with_context(|| format!("{id} is in the queue but was never committed"))?;
+        anyhow::ensure!(!seen[index], "{id} is in the queue twice");
+        seen[index] = true;
+        if let Some(key) = key
+            && let Some(previous) = last.insert(key.clone(), index)
+        {
+            anyhow::ensure!(
+                previous < index,
+                "key {key}: {id} is queued before an event committed earlier"
+            );
+        }
+    }
+    anyhow::ensure!(
+        rows.len() == committed.len(),
+        "{} of {} committed events are in the queue",
+        rows.len(),
+        committed.len()
+    );
+    Ok(format!(
+        "{}/{} queued once each, order kept on {} keys",
+        rows.len(),
+        committed.len(),
+        last.len()
+    ))
+}
