@@ -16,6 +16,8 @@
 //! | `herald_outbox_lag_seconds` | gauge (age of the oldest pending outbox row) | — |
 //! | `herald_outbox_publish_failures_total` | counter | — |
 //! | `herald_outbox_failed_rows` | gauge (outbox rows set aside as failed) | — |
+//! | `herald_inbox_processed_total` | counter (deliveries settled by a consumer) | `consumer`, `outcome` (`done`, `duplicate`, `retry`, `dead`) |
+//! | `herald_inbox_handler_duration_seconds` | histogram (handler run, not counting the commit) | `consumer` |
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -57,6 +59,22 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of a delivery an inbox consumer settled.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboxLabels {
+    /// The consumer's name (its consumer group), from configuration.
+    pub consumer: String,
+    /// `done`, `duplicate`, `retry` or `dead`.
+    pub outcome: String,
+}
+
+/// Labels of an inbox consumer's handler timing.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// The consumer's name (its consumer group), from configuration.
+    pub consumer: String,
+}
+
 /// The metrics themselves. Get the process-wide set with [`metrics`].
 #[derive(Debug)]
 pub struct Metrics {
@@ -79,6 +97,10 @@ pub struct Metrics {
     pub outbox_publish_failures: Counter,
     /// `herald_outbox_failed_rows`.
     pub outbox_failed_rows: Gauge,
+    /// `herald_inbox_processed_total`.
+    pub inbox_processed: Family<InboxLabels, Counter>,
+    /// `herald_inbox_handler_duration_seconds`.
+    pub inbox_handler_duration: Family<ConsumerLabels, Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -156,6 +178,21 @@ impl Metrics {
             "Outbox rows set aside as failed after their last attempt",
             outbox_failed_rows.clone(),
         );
+        let inbox_processed = Family::<InboxLabels, Counter>::default();
+        registry.register(
+            "inbox_processed",
+            "Deliveries an inbox consumer settled, by outcome",
+            inbox_processed.clone(),
+        );
+        let inbox_handler_duration = Family::<ConsumerLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "inbox_handler_duration",
+            "Time an inbox consumer's handler ran, in its transaction",
+            prometheus_client::registry::Unit::Seconds,
+            inbox_handler_duration.clone(),
+        );
 
         build_info
             .get_or_create(&BuildLabels {
@@ -173,6 +210,8 @@ impl Metrics {
             outbox_lag,
             outbox_publish_failures,
             outbox_failed_rows,
+            inbox_processed,
+            inbox_handler_duration,
         }
     }
 }
