@@ -32,6 +32,9 @@ pub enum Measure {
     P99AtMost,
     /// The peak RSS must be below the bound, in MiB.
     RssBelow,
+    /// The cost per event may exceed the same scenario's `without …` case by at most the
+    /// bound (a fraction).
+    AddedCostAtMost,
 }
 
 /// The goals, from the project's issues.
@@ -49,6 +52,13 @@ pub const GOALS: &[Goal] = &[
         measure: Measure::P99AtMost,
         bound: 50.0,
         text: "p99 ≤ 50 ms at 1,000/s",
+    },
+    Goal {
+        scenario: "inbox",
+        case: "with the inbox",
+        measure: Measure::AddedCostAtMost,
+        bound: 0.20,
+        text: "adds ≤ 20% per event",
     },
     Goal {
         scenario: "drain",
@@ -85,8 +95,16 @@ fn goals_of(outcome: &Outcome) -> Vec<&'static Goal> {
         .collect()
 }
 
-fn verdict(goal: &Goal, outcome: &Outcome) -> &'static str {
+fn verdict(goal: &Goal, outcome: &Outcome, all: &[&Outcome]) -> &'static str {
     let met = match goal.measure {
+        Measure::AddedCostAtMost => all
+            .iter()
+            .find(|b| {
+                b.scenario == outcome.scenario
+                    && b.case.starts_with("without")
+                    && b.store == outcome.store
+            })
+            .is_some_and(|baseline| baseline.value / outcome.value - 1.0 <= goal.bound),
         Measure::AtLeast => outcome.value >= goal.bound,
         Measure::P99AtMost => outcome.latency.is_some_and(|l| l.p99_ms <= goal.bound),
         Measure::RssBelow => outcome.peak_rss_mib < goal.bound,
@@ -125,7 +143,7 @@ pub fn render(reports: &[Report]) -> String {
             });
         let goals: Vec<String> = goals_of(o)
             .iter()
-            .map(|g| format!("{}: {}", g.text, verdict(g, o)))
+            .map(|g| format!("{}: {}", g.text, verdict(g, o, &all)))
             .collect();
         let goal = if goals.is_empty() {
             "–".to_owned()

@@ -102,6 +102,8 @@ pub enum Scenario {
     Relay,
     /// A relay process draining a backlog of --drain-events; its CPU and memory alone.
     Drain,
+    /// A consumer whose handler does one INSERT, with and without the inbox.
+    Inbox,
     /// The machine's raw limits: INSERT commits/s and broker publishes/s.
     Limit,
     /// Every scenario above, in one run.

@@ -248,6 +248,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .outcomes
             .extend(scenarios::relay::run(&options).await?);
     }
+    if matches!(args.scenario, Scenario::Inbox | Scenario::All) {
+        report
+            .outcomes
+            .extend(scenarios::inbox::run(&options).await?);
+    }
     if matches!(args.scenario, Scenario::Drain | Scenario::All) {
         report
             .outcomes

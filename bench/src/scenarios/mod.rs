@@ -6,11 +6,13 @@
 //!   rate (open loop).
 //! - [`drain`]: a relay running as its own process drains a large backlog; its CPU and memory
 //!   are measured alone.
+//! - [`inbox`]: a consumer whose handler does one INSERT, with and without the inbox.
 //! - [`limit`]: the raw limits of this machine in the same run — single-row INSERT commits per
 //!   second on the same database, and raw publishes per second to the broker — so the Herald
 //!   figures can be read as fractions of them.
 
 pub mod drain;
+pub mod inbox;
 pub mod limit;
 pub mod outbox_write;
 pub mod relay;

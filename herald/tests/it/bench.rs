@@ -45,11 +45,19 @@ fn check(report: &serde_json::Value, store: &str) {
             )
         })
         .collect();
-    assert_eq!(outcomes.len(), 8, "{cases:#?}");
+    assert_eq!(outcomes.len(), 10, "{cases:#?}");
     for outcome in outcomes {
         assert_eq!(outcome["store"], store);
         assert!(outcome["value"].as_f64().unwrap() > 0.0, "{outcome}");
     }
+    let with_inbox = outcomes
+        .iter()
+        .find(|o| o["case"] == "with the inbox")
+        .unwrap();
+    assert_eq!(
+        with_inbox["checked"],
+        "2000 effects for 2000 messages, one per event id"
+    );
     let process = outcomes.iter().find(|o| o["scenario"] == "drain").unwrap();
     assert_eq!(
         process["checked"],
