@@ -7,7 +7,6 @@
 //! once and each key's events in commit order (this reads the embedded queue's table
 //! directly, which is fine for a benchmark and keeps the check out of the timed part).
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -175,38 +174,13 @@ async fn check(store: &Store, committed: &[String]) -> anyhow::Result<String> {
                 .await?
         }
     };
-    let position: HashMap<&str, usize> = committed
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    let mut seen = vec![false; committed.len()];
-    let mut last: HashMap<String, usize> = HashMap::new();
-    for (id, key) in &rows {
-        let index = *position
-            .get(id.as_str())
-            .with_context(|| format!("{id} is in the queue but was never committed"))?;
-        anyhow::ensure!(!seen[index], "{id} is in the queue twice");
-        seen[index] = true;
-        if let Some(key) = key
-            && let Some(previous) = last.insert(key.clone(), index)
-        {
-            anyhow::ensure!(
-                previous < index,
-                "key {key}: {id} is queued before an event committed earlier"
-            );
-        }
-    }
-    anyhow::ensure!(
-        rows.len() == committed.len(),
-        "{} of {} committed events are in the queue",
+    let keys = super::check_order(
+        committed,
+        rows.iter().map(|(id, key)| (id.as_str(), key.as_deref())),
+    )?;
+    Ok(format!(
+        "{}/{} queued once each, order kept on {keys} keys",
         rows.len(),
         committed.len()
-    );
-    Ok(format!(
-        "{}/{} queued once each, order kept on {} keys",
-        rows.len(),
-        committed.len(),
-        last.len()
     ))
 }

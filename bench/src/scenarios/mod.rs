@@ -62,6 +62,45 @@ pub fn sample_event(i: usize) -> Event {
         .unwrap_or_else(|err| unreachable!("the sample event is valid: {err}"))
 }
 
+/// Checks that `delivered` (message id and key, in the order the broker took them) holds each
+/// of `committed` exactly once and, per key, in the order of `committed`. Returns how many keys
+/// were seen.
+pub(crate) fn check_order<'a>(
+    committed: &[String],
+    delivered: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    let position: std::collections::HashMap<&str, usize> = committed
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut seen = vec![false; committed.len()];
+    let mut last_per_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (id, key) in delivered {
+        let index = *position
+            .get(id)
+            .with_context(|| format!("{id} was delivered but never committed"))?;
+        anyhow::ensure!(!seen[index], "{id} was delivered twice");
+        seen[index] = true;
+        if let Some(key) = key
+            && let Some(previous) = last_per_key.insert(key, index)
+        {
+            anyhow::ensure!(
+                previous < index,
+                "key {key}: {id} came before an event committed earlier"
+            );
+        }
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} committed events were not delivered",
+        committed.len()
+    );
+    Ok(last_per_key.len())
+}
+
 /// Builds an outcome, filling CPU and memory from the usage since `before`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn outcome(

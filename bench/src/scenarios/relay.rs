@@ -113,44 +113,22 @@ fn relay_options() -> RelayOptions {
     }
 }
 
-/// Checks that `published` holds each of `committed` exactly once and, per key, in the order
-/// of `committed`. Returns a description of what was checked.
+/// Checks that `published` holds each of `committed` exactly once and, per key, in commit
+/// order. Returns a description of what was checked.
 fn check(
     committed: &[String],
     published: &[(String, Option<String>, Instant)],
 ) -> anyhow::Result<String> {
-    let position: HashMap<&str, usize> = committed
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    let mut seen = vec![false; committed.len()];
-    let mut last_per_key: HashMap<&str, usize> = HashMap::new();
-    for (id, key, _) in published {
-        let index = *position
-            .get(id.as_str())
-            .with_context(|| format!("{id} was published but never committed"))?;
-        anyhow::ensure!(!seen[index], "{id} was published twice");
-        seen[index] = true;
-        if let Some(key) = key
-            && let Some(previous) = last_per_key.insert(key.as_str(), index)
-        {
-            anyhow::ensure!(
-                previous < index,
-                "key {key}: {id} was published before an event committed earlier"
-            );
-        }
-    }
-    let missing = seen.iter().filter(|s| !**s).count();
-    anyhow::ensure!(
-        missing == 0,
-        "{missing} committed events were not published"
-    );
+    let keys = super::check_order(
+        committed,
+        published
+            .iter()
+            .map(|(id, key, _)| (id.as_str(), key.as_deref())),
+    )?;
     Ok(format!(
-        "{}/{} published once each, order kept on {} keys",
+        "{}/{} published once each, order kept on {keys} keys",
         published.len(),
-        committed.len(),
-        last_per_key.len()
+        committed.len()
     ))
 }
 
