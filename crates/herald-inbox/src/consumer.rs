@@ -48,8 +48,8 @@ pub struct ConsumerOptions {
     pub backoff_min: Duration,
     /// The longest retry delay (default 5 min).
     pub backoff_max: Duration,
-    /// The most deliveries asked for in one receive (default 16; fewer when fewer slots are
-    /// free).
+    /// The most deliveries asked for in one receive (default 16). Those beyond the free
+    /// slots wait in memory for one, so keep it small next to the visibility timeout.
     pub batch_size: usize,
     /// How long one receive waits for messages (default 1 s). It also bounds how long
     /// [`Consumer::run`] takes to notice its shutdown while idle.
@@ -248,7 +248,12 @@ impl Consumer {
                     Err(_) => break,
                 },
             };
-            let max = (slots.available_permits() + 1).min(options.batch_size);
+            // Claim a whole batch, not just as many as there are free slots: claims are write
+            // transactions, and claiming one or two at a time made them the bottleneck. The
+            // deliveries beyond the free slots wait for one in their task (the semaphore is
+            // fair, so this loop's next `acquire` queues behind them): at most `batch_size`
+            // deliveries are ever held without a slot.
+            let max = options.batch_size;
             // A receive is not interrupted (it may have claimed messages already); at
             // shutdown it is allowed to finish, and what it returns is processed.
             let receive = subscription.receive(max, options.receive_wait);
@@ -263,15 +268,19 @@ impl Consumer {
                     failures = 0;
                     let mut first = Some(first);
                     for delivery in deliveries {
-                        let slot = match first.take() {
-                            Some(slot) => slot,
-                            None => match slots.clone().acquire_owned().await {
-                                Ok(slot) => slot,
-                                Err(_) => break,
-                            },
-                        };
+                        let held = first.take();
+                        let slots = slots.clone();
                         let consumer = self.clone();
                         tasks.spawn(async move {
+                            let slot = match held {
+                                Some(slot) => slot,
+                                None => match slots.acquire_owned().await {
+                                    Ok(slot) => slot,
+                                    // Closed only when the consumer is gone; the delivery
+                                    // comes back after its visibility timeout.
+                                    Err(_) => return,
+                                },
+                            };
                             consumer.process(delivery).await;
                             drop(slot);
                         });
