@@ -4,11 +4,8 @@
 //! PostgreSQL is used as the server is configured: the run records `synchronous_commit` and
 //! `fsync` so the report says whether commits were durable.
 
-use std::str::FromStr;
-
 use anyhow::Context;
 use herald_store::{Store, StoreOptions};
-use sqlx::{ConnectOptions, Connection};
 
 /// Which engine a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,34 +46,7 @@ pub struct Target {
 #[derive(Debug)]
 enum Cleanup {
     Postgres { server_url: String, name: String },
-    Sqlite { _dir: tempfile_dir::Dir },
-}
-
-/// A temporary directory removed on drop (kept tiny to avoid a dependency).
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    #[derive(Debug)]
-    pub(crate) struct Dir(PathBuf);
-
-    impl Dir {
-        pub(crate) fn new() -> std::io::Result<Self> {
-            let path = std::env::temp_dir()
-                .join(format!("herald-bench-{}", uuid::Uuid::now_v7().simple()));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-
-        pub(crate) fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    Sqlite { _dir: tempfile::TempDir },
 }
 
 impl Target {
@@ -93,25 +63,21 @@ impl Target {
         match engine {
             Engine::Postgres => {
                 let name = format!("herald_bench_{}", uuid::Uuid::now_v7().simple());
-                let mut admin = sqlx::PgConnection::connect(postgres_url)
+                let url = herald_store::scratch::create(postgres_url, &name)
                     .await
-                    .with_context(|| format!("cannot connect to PostgreSQL at {postgres_url}"))?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .with_context(|| format!("cannot create the benchmark database {name}"))?;
-                let synchronous: String = sqlx::query_scalar("SHOW synchronous_commit")
-                    .fetch_one(&mut admin)
-                    .await?;
-                let fsync: String = sqlx::query_scalar("SHOW fsync")
-                    .fetch_one(&mut admin)
-                    .await?;
-                let _ = admin.close().await;
-                let url = sqlx::postgres::PgConnectOptions::from_str(postgres_url)?
-                    .database(&name)
-                    .to_url_lossy()
-                    .to_string();
+                    .with_context(|| {
+                        format!("cannot create the benchmark database {name} at {postgres_url}")
+                    })?;
                 let store = Store::connect(&url, &options).await?;
+                let (synchronous, fsync): (String, String) = match &store {
+                    Store::Postgres(pool) => (
+                        sqlx::query_scalar("SHOW synchronous_commit")
+                            .fetch_one(pool)
+                            .await?,
+                        sqlx::query_scalar("SHOW fsync").fetch_one(pool).await?,
+                    ),
+                    Store::Sqlite(_) => unreachable!("a postgres:// URL opens PostgreSQL"),
+                };
                 Ok(Self {
                     store,
                     engine,
@@ -124,8 +90,7 @@ impl Target {
                 })
             }
             Engine::Sqlite => {
-                let dir =
-                    tempfile_dir::Dir::new().context("cannot create a temporary directory")?;
+                let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
                 let url = format!("sqlite://{}", dir.path().join("bench.db").display());
                 let store = Store::connect(&url, &options).await?;
                 Ok(Self {
@@ -143,13 +108,9 @@ impl Target {
     pub async fn finish(self) -> anyhow::Result<()> {
         self.store.close().await;
         if let Cleanup::Postgres { server_url, name } = &self.cleanup {
-            let mut admin = sqlx::PgConnection::connect(server_url).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("cannot drop the benchmark database {name}"))?;
+            herald_store::scratch::drop(server_url, name)
+                .await
+                .with_context(|| format!("cannot drop the benchmark database {name}"))?;
         }
         Ok(())
     }

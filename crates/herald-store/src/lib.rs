@@ -12,9 +12,11 @@
 //! waits its turn instead of failing with `SQLITE_BUSY`. `synchronous = NORMAL` in WAL mode
 //! survives a process crash (not a power loss mid-write): the trade-off `herald dev` wants.
 //!
-//! [`migrate`] applies the schema each component ships.
+//! [`migrate`] applies the schema each component ships; [`scratch`] makes throw-away
+//! PostgreSQL databases for tests and benchmarks.
 
 pub mod migrate;
+pub mod scratch;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -77,6 +79,9 @@ pub enum StoreError {
     /// A migration failed or the applied schema does not match this build.
     #[error("{0}")]
     Migration(String),
+    /// An argument is not acceptable (the message says which and why).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Store {

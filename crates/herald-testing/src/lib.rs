@@ -6,10 +6,7 @@
 //!   or a SQLite file in a temporary directory, so tests run in parallel without sharing rows.
 //! - [`unique_name`] makes topic, stream and key-prefix names no other test uses.
 
-use std::str::FromStr;
-
 use herald_store::{Store, StoreOptions};
-use sqlx::{ConnectOptions, Connection};
 
 /// The PostgreSQL server the tests use.
 pub const POSTGRES_URL: &str = "HERALD_TEST_POSTGRES_URL";
@@ -60,18 +57,9 @@ impl TestDb {
     pub async fn postgres() -> Self {
         let server_url = service_url(POSTGRES_URL);
         let name = unique_name("herald_test");
-        let mut admin = sqlx::PgConnection::connect(&server_url)
+        let url = herald_store::scratch::create(&server_url, &name)
             .await
-            .unwrap_or_else(|err| panic!("cannot connect to {POSTGRES_URL}: {err}"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|err| panic!("cannot create database {name}: {err}"));
-        let _ = admin.close().await;
-        let options = sqlx::postgres::PgConnectOptions::from_str(&server_url)
-            .unwrap_or_else(|err| panic!("{POSTGRES_URL} is not a valid URL: {err}"))
-            .database(&name);
-        let url = options.to_url_lossy().to_string();
+            .unwrap_or_else(|err| panic!("cannot create database {name} at {POSTGRES_URL}: {err}"));
         let store = Store::connect(&url, &StoreOptions::default())
             .await
             .unwrap_or_else(|err| panic!("cannot connect to the test database {name}: {err}"));
@@ -126,13 +114,7 @@ impl Drop for TestDb {
                 .ok()?;
             runtime.block_on(async {
                 store.close().await;
-                let mut admin = sqlx::PgConnection::connect(&server_url).await.ok()?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await
-                .ok()
+                herald_store::scratch::drop(&server_url, &name).await.ok()
             })
         })
         .join();
