@@ -130,6 +130,9 @@ pub enum Processed {
     Done,
     /// The event was already recorded for this consumer: the handler did not run.
     Duplicate,
+    /// The handler does not want this event ([`Handler::wants`](crate::Handler::wants)):
+    /// nothing was recorded and the handler did not run.
+    Skipped,
     /// Nothing was committed.
     Failed {
         /// Why: the handler's error, an undecodable payload, or a database failure.
@@ -420,6 +423,9 @@ impl Consumer {
                 };
             }
         };
+        if !self.inner.handler.wants(&event) {
+            return Processed::Skipped;
+        }
         let correlation_id = event
             .correlationid
             .as_deref()
@@ -563,11 +569,11 @@ impl Consumer {
         let message_id = delivery.message.id.clone();
         let receive_count = delivery.receive_count;
         let counted = match outcome {
-            Processed::Done | Processed::Duplicate => {
-                let label = if outcome == Processed::Done {
-                    "done"
-                } else {
-                    "duplicate"
+            Processed::Done | Processed::Duplicate | Processed::Skipped => {
+                let label = match outcome {
+                    Processed::Done => "done",
+                    Processed::Duplicate => "duplicate",
+                    _ => "skipped",
                 };
                 if let Err(err) = delivery.ack().await {
                     // Committed: a redelivery will be recognised as a duplicate.

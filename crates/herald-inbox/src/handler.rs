@@ -47,6 +47,15 @@ pub trait Handler: Send + Sync + 'static {
         event: &'a Event,
         tx: Tx<'a>,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// Whether this consumer has anything to do with `event` at all. Events it does not want
+    /// (other types on a shared topic) are acked without an inbox record or a transaction.
+    /// Every event is wanted unless this is overridden; it must not depend on state that
+    /// changes, or a redelivery could be judged differently from the first delivery.
+    fn wants(&self, event: &Event) -> bool {
+        let _ = event;
+        true
+    }
 }
 
 impl<H: Handler> Handler for std::sync::Arc<H> {
@@ -56,6 +65,10 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
         tx: Tx<'a>,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         (**self).handle(event, tx)
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        (**self).wants(event)
     }
 }
 

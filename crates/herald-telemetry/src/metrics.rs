@@ -16,7 +16,7 @@
 //! | `herald_outbox_lag_seconds` | gauge (age of the oldest pending outbox row) | — |
 //! | `herald_outbox_publish_failures_total` | counter | — |
 //! | `herald_outbox_failed_rows` | gauge (outbox rows set aside as failed) | — |
-//! | `herald_inbox_processed_total` | counter (deliveries settled by a consumer) | `consumer`, `outcome` (`done`, `duplicate`, `retry`, `dead`) |
+//! | `herald_inbox_processed_total` | counter (deliveries settled by a consumer) | `consumer`, `outcome` (`done`, `duplicate`, `skipped`, `retry`, `dead`) |
 //! | `herald_inbox_handler_duration_seconds` | histogram (handler run, not counting the commit) | `consumer` |
 
 use std::sync::OnceLock;

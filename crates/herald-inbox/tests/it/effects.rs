@@ -22,6 +22,7 @@ on_both_stores!(
     the_correlation_id_is_carried_into_follow_up_events,
     a_long_handler_keeps_its_delivery,
     shutdown_finishes_the_deliveries_in_flight,
+    unwanted_events_are_acked_without_a_record,
 );
 
 async fn each_effect_happens_once(db: TestDb) {
@@ -264,4 +265,68 @@ async fn shutdown_finishes_the_deliveries_in_flight(db: TestDb) {
     // `run` returned only after the delivery was committed and settled.
     assert_eq!(setup.effects().await.len(), 1);
     assert_eq!(setup.settled("done"), 1);
+}
+
+/// Wants only events whose `n` is even.
+struct EvenOnly(Recorder);
+
+impl Handler for EvenOnly {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: Tx<'a>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        self.0.handle(event, tx)
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        crate::support::n_of(event) % 2 == 0
+    }
+}
+
+async fn unwanted_events_are_acked_without_a_record(db: TestDb) {
+    let setup = Setup::new(&db).await;
+    let events: Vec<Event> = (0..10).map(|n| event(Some("k"), n)).collect();
+    let messages: Vec<_> = events.iter().map(message).collect();
+    setup.publish(&messages).await;
+    let recorder = Recorder::new();
+    let consumer = setup.consumer(setup.options(), EvenOnly(recorder.clone()));
+    let running = Running::start(&consumer);
+    wait_until("every delivery to be settled", PATIENCE, || async {
+        setup.settled("done") + setup.settled("skipped") >= 10
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(setup.settled("done"), 5);
+    assert_eq!(setup.settled("skipped"), 5);
+    let effects = setup.effects().await;
+    let mut ns: Vec<i64> = effects.iter().map(|(_, _, n)| *n).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, [0, 2, 4, 6, 8]);
+    for event in events.iter().skip(1).step_by(2) {
+        assert_eq!(recorder.calls(&event.id), 0, "{} was handled", event.id);
+    }
+    let recorded: i64 = match setup.store.clone() {
+        Store::Postgres(pool) => {
+            sqlx::query_scalar("SELECT count(*) FROM herald_inbox WHERE consumer = $1")
+                .bind(&setup.name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT count(*) FROM herald_inbox WHERE consumer = ?1")
+                .bind(&setup.name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(recorded, 5, "only wanted events leave an inbox record");
+    let dead = setup
+        .broker
+        .dead_letters(&setup.topic, &setup.name, 10)
+        .await;
+    assert!(dead.unwrap().is_empty());
 }
