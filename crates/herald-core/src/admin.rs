@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -60,6 +60,21 @@ impl AdminToken {
         self.0.expose()
     }
 
+    /// Whether `headers` (HTTP headers or gRPC metadata) carry this key as
+    /// `authorization: Bearer <key>`.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(Refusal::Missing)?;
+        if self.matches(presented.trim()) {
+            Ok(())
+        } else {
+            Err(Refusal::Invalid)
+        }
+    }
+
     /// Whether `presented` is this key, in time independent of where they differ.
     pub fn matches(&self, presented: &str) -> bool {
         let expected = self.0.expose().as_bytes();
@@ -80,17 +95,25 @@ pub async fn require_admin(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(key) if token.matches(key.trim()) => next.run(request).await,
-        Some(_) => ApiError::unauthorized("the admin key is not valid").into_response(),
-        None => ApiError::unauthorized("send the admin key as `Authorization: Bearer <key>`")
-            .into_response(),
+    match token.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(Refusal::Invalid) => {
+            ApiError::unauthorized("the admin key is not valid").into_response()
+        }
+        Err(Refusal::Missing) => {
+            ApiError::unauthorized("send the admin key as `Authorization: Bearer <key>`")
+                .into_response()
+        }
     }
+}
+
+/// Why [`AdminToken::check`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Authorization: Bearer …` header.
+    Missing,
+    /// A key that is not this one.
+    Invalid,
 }
 
 #[cfg(test)]

@@ -157,6 +157,8 @@ macro_rules! id_kinds {
 id_kinds! {
     /// An event, end to end: broker message id, inbox key, `webhook-id`.
     EventId = "evt",
+    /// A user, as identity registers it and the users service projects it.
+    UserId = "usr",
 }
 
 #[cfg(test)]
