@@ -1,7 +1,8 @@
 //! The HTTP application: every route a role serves, under one set of fallbacks and middleware.
 //!
 //! - Probes and metrics at the root (`/healthz`, `/readyz`, `/q/live`, `/q/ready`, `/metrics`).
-//! - The platform API under `/v1`, behind the admin key.
+//! - The platform API and the users service under `/v1`, behind the admin key.
+//! - gRPC services (HTTP/2) at their own paths, e.g. `/herald.users.v1.UsersService/GetUser`.
 //! - Unknown paths and wrong methods answer problem+json (404, 405), bodies over the limit 413.
 //! - Everything wears [`herald_telemetry::http::instrument`]: correlation ids, spans, access
 //!   logs, metrics, and panics caught as problem+json.
@@ -27,8 +28,12 @@ pub struct AppOptions {
     pub max_body_bytes: usize,
     /// `dev` or `serve`.
     pub mode: &'static str,
-    /// The platform API's routes (to go under `/v1`), when the `api` role runs.
+    /// The routes to go under `/v1`, behind the admin key: the platform API's and the users
+    /// service's, for the roles that run.
     pub api: Option<Router>,
+    /// gRPC services, at the root (they check the admin key themselves and answer in gRPC
+    /// statuses).
+    pub grpc: Option<Router>,
 }
 
 /// Builds the application.
@@ -46,9 +51,13 @@ pub fn router(options: AppOptions) -> Router {
         Some(token) => v1.layer(axum::middleware::from_fn_with_state(token, require_admin)),
         None => v1.layer(axum::middleware::from_fn(no_admin_key)),
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .merge(herald_telemetry::health::router(options.health))
-        .nest("/v1", v1)
+        .nest("/v1", v1);
+    if let Some(grpc) = options.grpc {
+        app = app.merge(grpc);
+    }
+    let app = app
         .fallback(problem::route_not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(options.max_body_bytes));

@@ -2,7 +2,8 @@
 //!
 //! [`Runtime::start`] connects the store, applies migrations (unless `store.auto_migrate` is
 //! off), builds the broker, registers readiness checks for both, starts the background roles
-//! (the relay) and builds the HTTP application with the API routes when the `api` role runs.
+//! (the relay, the users service's consumer) and builds the HTTP application with the routes
+//! of the roles that serve requests (`api`, `users`).
 //! When the relay runs in the same process as the API, the API wakes it after each commit, so
 //! events are published within milliseconds without the relay polling hard.
 
@@ -14,11 +15,13 @@ use axum::Router;
 use herald_broker::Broker;
 use herald_broker::embedded::EmbeddedBroker;
 use herald_core::admin::AdminToken;
+use herald_inbox::{Consumer, ConsumerOptions};
 use herald_outbox::{Relay, RelayOptions};
 use herald_platform::PlatformState;
 use herald_store::migrate::Applied;
 use herald_store::{MigrationSet, Store, StoreOptions};
 use herald_telemetry::Health;
+use herald_users::UsersState;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -42,6 +45,8 @@ pub fn migration_sets(config: &Config) -> Vec<&'static MigrationSet> {
     match config.broker {
         BrokerConfig::Embedded {} => sets.push(&herald_broker::embedded::MIGRATIONS),
     }
+    sets.push(&herald_inbox::MIGRATIONS);
+    sets.push(&herald_users::MIGRATIONS);
     sets
 }
 
@@ -117,18 +122,36 @@ impl Runtime {
             });
         }
 
-        let api = config.roles.contains(&Role::Api).then(|| {
+        let mut api = config.roles.contains(&Role::Api).then(|| {
             herald_platform::router(PlatformState {
                 store: store.clone(),
                 wake,
             })
         });
+        let mut grpc = None;
+        if config.roles.contains(&Role::Users) {
+            let users = UsersState {
+                store: store.clone(),
+            };
+            let routes = herald_users::router(users.clone());
+            api = Some(api.map_or(routes.clone(), |api| api.merge(routes)));
+            grpc = Some(herald_users::grpc::routes(users, admin_token.clone()));
+            let consumer = users_consumer(&store, &broker, config)?;
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                consumer
+                    .run(crate::server::until_shutdown(stop))
+                    .await
+                    .context("the users consumer stopped")
+            });
+        }
         let app = app::router(AppOptions {
             health: health.clone(),
             admin_token,
             max_body_bytes: config.http.max_body_bytes,
             mode,
             api,
+            grpc,
         });
         Ok(Self {
             app,
@@ -168,6 +191,25 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The users service's consumer of identity's events.
+fn users_consumer(
+    store: &Store,
+    broker: &Arc<dyn Broker>,
+    config: &Config,
+) -> anyhow::Result<Consumer> {
+    let mut options = ConsumerOptions::new(herald_users::CONSUMER, &config.users.topic);
+    options.concurrency = config.users.concurrency;
+    options.max_deliveries = config.users.max_deliveries;
+    options.retention = config.users.inbox_retention;
+    Consumer::new(
+        store.clone(),
+        broker.clone(),
+        options,
+        herald_users::Projector,
+    )
+    .context("cannot build the users consumer")
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub broker: BrokerConfig,
     /// The outbox relay.
     pub relay: RelaySection,
+    /// The users service.
+    pub users: UsersSection,
 }
 
 /// A part of Herald that a process can run.
@@ -50,11 +52,14 @@ pub enum Role {
     Api,
     /// The outbox relay: moves committed events to the broker.
     Relay,
+    /// The users service: projects identity's events into profiles and serves them
+    /// (`/v1/users`, gRPC `herald.users.v1.UsersService`).
+    Users,
 }
 
 impl Role {
     /// Every role, in start order.
-    pub const ALL: [Role; 2] = [Role::Api, Role::Relay];
+    pub const ALL: [Role; 3] = [Role::Api, Role::Relay, Role::Users];
 }
 
 /// `[store]`: the database.
@@ -115,6 +120,32 @@ impl Default for RelaySection {
             batch_size: 500,
             max_attempts: 10,
             publish_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[users]`: the users service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersSection {
+    /// The broker topic identity's events arrive on (the relay's topic by default).
+    pub topic: Option<String>,
+    /// Events processed at once (1 to 256); events of one user are always in order.
+    pub concurrency: usize,
+    /// Deliveries of one event before it is dead-lettered (1 to 1000).
+    pub max_deliveries: u32,
+    /// How long processed event ids are remembered, so redeliveries are recognised (1m to
+    /// 365 days; written with `h` for long windows, e.g. `168h`).
+    pub inbox_retention: HumanDuration,
+}
+
+impl Default for UsersSection {
+    fn default() -> Self {
+        Self {
+            topic: None,
+            concurrency: 8,
+            max_deliveries: 10,
+            inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -215,6 +246,21 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// The relay.
     pub relay: RelaySection,
+    /// The users service.
+    pub users: UsersConfig,
+}
+
+/// The checked `[users]` section.
+#[derive(Debug, Clone)]
+pub struct UsersConfig {
+    /// The topic consumed.
+    pub topic: String,
+    /// Events processed at once.
+    pub concurrency: usize,
+    /// Deliveries before dead-lettering.
+    pub max_deliveries: u32,
+    /// How long processed ids are kept.
+    pub inbox_retention: Duration,
 }
 
 /// The checked `[store]` section.
@@ -265,7 +311,8 @@ impl RawConfig {
         roles.sort();
         roles.dedup();
         if roles.is_empty() {
-            problems.push(sources.problem("roles", "must name at least one role: api, relay"));
+            problems
+                .push(sources.problem("roles", "must name at least one role: api, relay, users"));
         }
         let store = match self.store.url {
             Some(url) => {
@@ -322,6 +369,40 @@ impl RawConfig {
                 ),
             ));
         }
+        let users_topic = self
+            .users
+            .topic
+            .clone()
+            .unwrap_or_else(|| self.relay.topic.clone());
+        if !topic_ok(&users_topic) {
+            problems.push(sources.problem(
+                "users.topic",
+                "must be 1 to 200 ASCII letters, digits, `.`, `_` or `-`",
+            ));
+        }
+        if !(1..=256).contains(&self.users.concurrency) {
+            problems.push(sources.problem(
+                "users.concurrency",
+                format!("must be between 1 and 256, not {}", self.users.concurrency),
+            ));
+        }
+        if !(1..=1000).contains(&self.users.max_deliveries) {
+            problems.push(sources.problem(
+                "users.max_deliveries",
+                format!(
+                    "must be between 1 and 1000, not {}",
+                    self.users.max_deliveries
+                ),
+            ));
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(365 * 24 * 3600))
+            .contains(&self.users.inbox_retention.0)
+        {
+            problems.push(sources.problem(
+                "users.inbox_retention",
+                "must be between 1m and 8760h (365 days)",
+            ));
+        }
         let store = store?;
         (problems.len() == before).then_some(Config {
             roles,
@@ -331,6 +412,12 @@ impl RawConfig {
             store,
             broker: self.broker,
             relay: self.relay,
+            users: UsersConfig {
+                topic: users_topic,
+                concurrency: self.users.concurrency,
+                max_deliveries: self.users.max_deliveries,
+                inbox_retention: self.users.inbox_retention.0,
+            },
         })
     }
 }

@@ -8,17 +8,25 @@ use herald_broker::{Broker, SubscribeOptions};
 use herald_store::{Store, StoreOptions};
 use serde_json::json;
 
-use crate::support::{client, json_body, start_dev};
+use crate::support::{client, dev_admin_key, json_body, start_dev};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_posted_to_herald_dev_reaches_the_queue() {
     let temp = tempfile::tempdir().unwrap();
     let herald = start_dev(temp.path());
-    let key = std::fs::read_to_string(temp.path().join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key = dev_admin_key(temp.path());
     let http = client();
+    // A group receives what is published after it joins (`herald dev`'s own consumers joined
+    // at start), so join before posting.
+    let url = format!("sqlite://{}", temp.path().join("herald.db").display());
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let broker = EmbeddedBroker::new(store);
+    let mut subscription = broker
+        .subscribe("herald.events", "test", SubscribeOptions::default())
+        .await
+        .unwrap();
 
     let event = json!({
         "specversion": "1.0", "id": "order-7", "source": "/shop", "type": "shop.order.placed",
@@ -49,16 +57,8 @@ async fn an_event_posted_to_herald_dev_reaches_the_queue() {
         "the request's correlation id is kept"
     );
 
-    // The relay inside `herald dev` publishes it to the embedded queue in the data directory.
-    let url = format!("sqlite://{}", temp.path().join("herald.db").display());
-    let store = Store::connect(&url, &StoreOptions::default())
-        .await
-        .unwrap();
-    let broker = EmbeddedBroker::new(store);
-    let mut subscription = broker
-        .subscribe("herald.events", "test", SubscribeOptions::default())
-        .await
-        .unwrap();
+    // The relay inside `herald dev` publishes it to the embedded queue in the data directory,
+    // where this test's group (which joined before the event was posted) receives it.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let delivery = loop {
         let mut batch = subscription
@@ -101,10 +101,7 @@ async fn an_event_posted_to_herald_dev_reaches_the_queue() {
 async fn malformed_and_invalid_events_are_problems_through_the_binary() {
     let temp = tempfile::tempdir().unwrap();
     let herald = start_dev(temp.path());
-    let key = std::fs::read_to_string(temp.path().join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key = dev_admin_key(temp.path());
     let http = client();
 
     let malformed = http

@@ -12,3 +12,4 @@ mod events;
 mod relay_crash;
 mod serve;
 mod tidy;
+mod users;

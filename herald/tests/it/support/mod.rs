@@ -140,6 +140,14 @@ pub(crate) fn start_dev(data_dir: &Path) -> Running {
     Running::start(command)
 }
 
+/// The admin key `herald dev` wrote into its data directory.
+pub(crate) fn dev_admin_key(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin-token"))
+        .expect("herald dev wrote its admin key")
+        .trim()
+        .to_owned()
+}
+
 /// An HTTP client that never reuses a connection across a restart.
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
