@@ -1,6 +1,8 @@
-//! Webhook signatures: the Standard Webhooks example vector, round trips, rotation, and every
+//! Pattern matching, the rate limiter under paused time, and webhook signatures: the Standard Webhooks example vector, round trips, rotation, and every
 //! way a delivery or a secret can be wrong.
 
 #![allow(clippy::unwrap_used)]
 
+mod limit;
+mod pattern;
 mod signature;
