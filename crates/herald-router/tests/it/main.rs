@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod breaker;
 mod limit;
+mod outcome;
 mod pattern;
 mod signature;
