@@ -159,6 +159,10 @@ id_kinds! {
     EventId = "evt",
     /// A user, as identity registers it and the users service projects it.
     UserId = "usr",
+    /// A webhook subscription.
+    SubscriptionId = "sub",
+    /// One delivery of one event to one subscription.
+    DispatchJobId = "job",
 }
 
 #[cfg(test)]

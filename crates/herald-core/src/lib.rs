@@ -7,6 +7,7 @@
 //! - [`json`]: [`ApiJson`], a JSON extractor whose rejections are problem+json.
 //! - [`admin`]: the admin API key and the middleware that requires it.
 //! - [`secret`]: [`Secret`], a value that never prints.
+//! - [`error_chain`]: an error and its sources on one line, for logs and stored errors.
 //!
 //! This crate knows no database, broker or network client: it is pure types plus the axum glue
 //! needed to make every API speak the same error language.
@@ -25,3 +26,15 @@ pub use envelope::Event;
 pub use json::ApiJson;
 pub use problem::{ApiError, FieldError};
 pub use secret::Secret;
+
+/// `err` and its sources, `: `-separated: what logs and stored errors show.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text
+}

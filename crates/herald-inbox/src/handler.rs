@@ -7,6 +7,8 @@ use herald_broker::BoxFuture;
 use herald_core::Event;
 use herald_outbox::OutboxError;
 
+pub(crate) use herald_core::error_chain;
+
 /// The consumer's transaction, on whichever engine the store uses. The inbox record of the
 /// event is already in it; everything the handler writes through it commits together with
 /// that record, or not at all.
@@ -130,18 +132,6 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(err: E) -> Self {
         Self::transient(error_chain(&err))
     }
-}
-
-/// An error and its sources, `: `-separated.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(next) = source {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        source = next.source();
-    }
-    text
 }
 
 #[cfg(test)]

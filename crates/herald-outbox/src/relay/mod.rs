@@ -91,7 +91,6 @@
 mod postgres;
 mod sqlite;
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -544,12 +543,7 @@ fn ids(rows: &[Claimed]) -> Vec<i64> {
 
 /// An error and its causes, on one line, cut to [`MAX_ERROR_LEN`] bytes.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
+    let mut text = herald_core::error_chain(err);
     if text.len() > MAX_ERROR_LEN {
         let mut end = MAX_ERROR_LEN;
         while !text.is_char_boundary(end) {
