@@ -127,22 +127,37 @@ impl TokenBucket {
         }
     }
 
+    /// Gives back `n` tokens taken with [`try_acquire`](Self::try_acquire) but not used (up to
+    /// the burst).
+    pub fn refund(&self, n: u32) {
+        let mut state = self.lock();
+        state.refill(Instant::now());
+        state.tokens = (state.tokens + f64::from(n)).min(f64::from(state.limit.burst));
+    }
+
+    /// Takes the next token now, going into debt if there is none, and says when it is due:
+    /// now if one was available. The caller uses it at that instant (or gives it back with
+    /// [`refund`](Self::refund)). Time keeps accruing against the debt, so a caller that acts
+    /// a little after the instant costs the next one nothing.
+    pub fn reserve(&self) -> Instant {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.refill(now);
+        state.tokens -= 1.0;
+        if state.tokens >= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64(-state.tokens / state.limit.per_second)
+        }
+    }
+
     /// Waits for a token and takes it.
     ///
-    /// The token is reserved before the wait (the bucket goes into debt), so callers are
+    /// The token is reserved before the wait ([`reserve`](Self::reserve)), so callers are
     /// served in the order they asked, and a sleep that overruns (timers tick in
-    /// milliseconds) does not cost the next caller its share: time keeps accruing against the
-    /// debt. A caller dropped while waiting gives up a token that is not returned.
+    /// milliseconds) does not cost the next caller its share. A caller dropped while waiting
+    /// gives up a token that is not returned.
     pub async fn acquire(&self) {
-        let wait = {
-            let mut state = self.lock();
-            state.refill(Instant::now());
-            state.tokens -= 1.0;
-            if state.tokens >= 0.0 {
-                return;
-            }
-            Duration::from_secs_f64(-state.tokens / state.limit.per_second)
-        };
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep_until(self.reserve()).await;
     }
 }

@@ -1,10 +1,15 @@
-//! Pattern matching, the rate limiter under paused time, and webhook signatures: the Standard Webhooks example vector, round trips, rotation, and every
-//! way a delivery or a secret can be wrong.
+//! The router's parts: patterns, the rate limiter under paused time, webhook signatures (the
+//! Standard Webhooks example vector, round trips, every way a delivery or secret can be
+//! wrong), outcomes and the breaker; then dispatch jobs in the store and the router against
+//! real endpoints, on both engines.
 
 #![allow(clippy::unwrap_used)]
 
 mod breaker;
+mod engine;
+mod jobs;
 mod limit;
 mod outcome;
 mod pattern;
 mod signature;
+mod support;

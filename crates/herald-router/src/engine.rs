@@ -1,0 +1,527 @@
+//! [`Engine`]: the router. It takes due dispatch jobs from the store and delivers them
+//! through their subscription's pool.
+//!
+//! One scheduling loop visits the enabled subscriptions in turn (starting one further along
+//! each round, so none is always first). For each it works out how many deliveries may start
+//! now:
+//!
+//! - the pool's free slots (`concurrency` minus requests in flight);
+//! - the subscription's share: when several subscriptions use a pool, one may hold at most
+//!   half its slots, so a slow endpoint cannot take a shared pool over;
+//! - the pool's rate limit: tokens are taken before the claim (and unused ones given back);
+//! - the endpoint's circuit breaker: none while it is open, one probe after its cooldown.
+//!
+//! It claims that many jobs (a lease in the store, so a crashed router's jobs come back) and
+//! starts one task per claimed job: tasks exist only for requests in flight, never for
+//! waiting jobs, which stay rows. FIFO order and the absence of head-of-line blocking across
+//! keys come from the claim (see [`job`](crate::job)). When nothing could be claimed the loop
+//! sleeps until a delivery finishes, it is woken, or `poll_interval` passes.
+//!
+//! Pools and subscriptions are re-read every `refresh`: a pool's new concurrency or rate
+//! applies within that time, without a restart.
+//!
+//! After each attempt: 2xx marks the job delivered; 410 marks it dead and disables the
+//! subscription; anything else schedules a retry with exponential backoff and full jitter,
+//! honouring `Retry-After`, until the subscription's `max_attempts`, when the job is dead
+//! (the dead-letter queue is the jobs in status `dead`; the API retries them).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_core::id::SubscriptionId;
+use herald_store::Store;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::breaker::{Admits, Breaker, BreakerOptions};
+use crate::job::{self, Attempt, Claimed, Next};
+use crate::limit::TokenBucket;
+use crate::mediator::{self, Mediator};
+use crate::outcome::{Backoff, Outcome};
+use crate::pool::{self, Pool};
+use crate::sql::now_ms;
+use crate::subscription::{self, Subscription};
+
+/// The router's settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The longest sleep when there is nothing to do.
+    pub poll_interval: Duration,
+    /// How often pools and subscriptions are re-read.
+    pub refresh: Duration,
+    /// How long one request may take.
+    pub request_timeout: Duration,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// Circuit breaker settings, per subscription.
+    pub breaker: BreakerOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(200),
+            refresh: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            breaker: BreakerOptions::default(),
+        }
+    }
+}
+
+/// Why the router stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] mediator::BuildError),
+}
+
+#[derive(Debug)]
+struct PoolState {
+    pool: Pool,
+    bucket: Option<Arc<TokenBucket>>,
+    /// A token taken from an empty bucket, due at this instant.
+    reserved: Mutex<Option<Instant>>,
+    in_flight: Arc<AtomicU32>,
+    subscriptions: u32,
+}
+
+#[derive(Debug)]
+struct SubState {
+    subscription: Arc<Subscription>,
+    breaker: Arc<Mutex<Breaker>>,
+    in_flight: Arc<AtomicU32>,
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    mediator: Mediator,
+    options: EngineOptions,
+    wake: Arc<Notify>,
+}
+
+/// Wakes a router (after a job is created or retried in the same process).
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// Makes the router look for due jobs now.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+impl Engine {
+    /// A router over `store`.
+    pub fn new(store: Store, options: EngineOptions) -> Result<Self, EngineError> {
+        Ok(Self {
+            store,
+            mediator: Mediator::new(options.request_timeout)?,
+            options,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// A handle that wakes this router.
+    pub fn waker(&self) -> Waker {
+        Waker(self.wake.clone())
+    }
+
+    /// Delivers until `shutdown` completes, then waits for the requests in flight.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), EngineError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut pools: HashMap<String, PoolState> = HashMap::new();
+        let mut subs: Vec<SubState> = Vec::new();
+        let mut refreshed: Option<Instant> = None;
+        let mut tasks = JoinSet::new();
+        let mut start = 0_usize;
+        tracing::info!("the router is delivering");
+        loop {
+            while tasks.try_join_next().is_some() {}
+            if refreshed.is_none_or(|at| at.elapsed() >= self.options.refresh) {
+                self.refresh(&mut pools, &mut subs).await;
+                refreshed = Some(Instant::now());
+            }
+            let mut claimed_any = false;
+            let mut sleep = self.options.poll_interval;
+            let count = subs.len();
+            for offset in 0..count {
+                let sub = &subs[(start + offset) % count];
+                let Some(pool) = pools.get(&sub.subscription.pool) else {
+                    continue;
+                };
+                let (claimed, token_due) = self.claim_for(sub, pool).await;
+                if let Some(due) = token_due {
+                    sleep = sleep.min(due.saturating_duration_since(Instant::now()));
+                }
+                if claimed.is_empty() {
+                    continue;
+                }
+                claimed_any = true;
+                for job in claimed {
+                    pool.in_flight.fetch_add(1, Ordering::SeqCst);
+                    sub.in_flight.fetch_add(1, Ordering::SeqCst);
+                    tasks.spawn(self.deliver(job, sub, pool));
+                }
+            }
+            start = start.wrapping_add(1);
+            if claimed_any {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::task::yield_now() => {}
+                }
+            } else {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(sleep) => {}
+                }
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "the router is stopping");
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Re-reads pools and subscriptions; keeps breakers, counters and buckets of those that
+    /// stay. A store error keeps the previous view (and is logged).
+    async fn refresh(&self, pools: &mut HashMap<String, PoolState>, subs: &mut Vec<SubState>) {
+        let (fresh_pools, fresh_subs) = match (
+            pool::list(&self.store).await,
+            subscription::list(&self.store, true).await,
+        ) {
+            (Ok(p), Ok(s)) => (p, s),
+            (Err(err), _) => {
+                tracing::warn!(error = herald_core::error_chain(&err), "cannot read pools");
+                return;
+            }
+            (_, Err(err)) => {
+                tracing::warn!(
+                    error = herald_core::error_chain(&err),
+                    "cannot read subscriptions"
+                );
+                return;
+            }
+        };
+        let mut next_pools = HashMap::with_capacity(fresh_pools.len());
+        for fresh in fresh_pools {
+            let state = match pools.remove(&fresh.code) {
+                Some(mut state) => {
+                    state.bucket = match (fresh.rate_limit, state.bucket.take()) {
+                        (Some(limit), Some(bucket)) => {
+                            if bucket.limit() != limit && bucket.set(limit).is_err() {
+                                tracing::warn!(pool = %fresh.code, "the stored rate limit is out of range; keeping the old one");
+                            }
+                            Some(bucket)
+                        }
+                        (Some(limit), None) => TokenBucket::new(limit).ok().map(Arc::new),
+                        (None, _) => None,
+                    };
+                    if state.bucket.is_none() {
+                        *lock(&state.reserved) = None;
+                    }
+                    state.pool = fresh;
+                    state
+                }
+                None => PoolState {
+                    bucket: fresh
+                        .rate_limit
+                        .and_then(|limit| TokenBucket::new(limit).ok())
+                        .map(Arc::new),
+                    pool: fresh,
+                    reserved: Mutex::new(None),
+                    in_flight: Arc::new(AtomicU32::new(0)),
+                    subscriptions: 0,
+                },
+            };
+            next_pools.insert(state.pool.code.clone(), state);
+        }
+        let mut old: HashMap<SubscriptionId, SubState> =
+            subs.drain(..).map(|s| (s.subscription.id, s)).collect();
+        for fresh in fresh_subs {
+            let state = match old.remove(&fresh.id) {
+                Some(mut state) => {
+                    state.subscription = Arc::new(fresh);
+                    state
+                }
+                None => SubState {
+                    subscription: Arc::new(fresh),
+                    breaker: Arc::new(Mutex::new(Breaker::new(self.options.breaker))),
+                    in_flight: Arc::new(AtomicU32::new(0)),
+                },
+            };
+            subs.push(state);
+        }
+        for state in next_pools.values_mut() {
+            state.subscriptions = 0;
+        }
+        for sub in subs.iter() {
+            if let Some(pool) = next_pools.get_mut(&sub.subscription.pool) {
+                pool.subscriptions += 1;
+            }
+        }
+        *pools = next_pools;
+    }
+
+    /// Claims as many of `sub`'s due jobs as may start now. When the pool's rate limit is
+    /// what holds it back, also says when the next token is due.
+    async fn claim_for(&self, sub: &SubState, pool: &PoolState) -> (Vec<Claimed>, Option<Instant>) {
+        let concurrency = pool.pool.concurrency;
+        let free = concurrency.saturating_sub(pool.in_flight.load(Ordering::SeqCst));
+        let share = if pool.subscriptions > 1 {
+            (concurrency / 2).max(1)
+        } else {
+            concurrency
+        };
+        let room = share.saturating_sub(sub.in_flight.load(Ordering::SeqCst));
+        let mut wanted = free.min(room);
+        if wanted == 0 {
+            return (Vec::new(), None);
+        }
+        let admits = lock(&sub.breaker).admits();
+        match admits {
+            Admits::None => return (Vec::new(), None),
+            Admits::Probe => wanted = 1,
+            Admits::Any => {}
+        }
+        let mut tokens = 0;
+        if let Some(bucket) = &pool.bucket {
+            match take_tokens(bucket, &pool.reserved, wanted) {
+                Ok(taken) => tokens = taken,
+                Err(due) => return (Vec::new(), Some(due)),
+            }
+            wanted = tokens;
+        }
+        let lease_ms = i64::try_from(self.options.request_timeout.as_millis())
+            .unwrap_or(i64::MAX / 2)
+            .saturating_add(30_000);
+        let claimed = match job::claim(&self.store, sub.subscription.id, wanted, lease_ms).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(
+                    subscription_id = %sub.subscription.id,
+                    error = herald_core::error_chain(&err),
+                    "cannot claim dispatch jobs"
+                );
+                Vec::new()
+            }
+        };
+        if let Some(bucket) = &pool.bucket {
+            let used = u32::try_from(claimed.len()).unwrap_or(tokens);
+            bucket.refund(tokens.saturating_sub(used));
+        }
+        if admits == Admits::Probe && !claimed.is_empty() {
+            // Marks the probe as out; the breaker refuses others until it reports.
+            let _ = lock(&sub.breaker).allow();
+        }
+        (claimed, None)
+    }
+
+    /// The task that makes one attempt at `job` and records it.
+    fn deliver(
+        &self,
+        job: Claimed,
+        sub: &SubState,
+        pool: &PoolState,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let store = self.store.clone();
+        let mediator = self.mediator.clone();
+        let backoff = self.options.backoff;
+        let subscription = sub.subscription.clone();
+        let breaker = sub.breaker.clone();
+        let counters = [pool.in_flight.clone(), sub.in_flight.clone()];
+        let wake = self.wake.clone();
+        async move {
+            attempt(&store, &mediator, backoff, &subscription, &breaker, &job).await;
+            for counter in counters {
+                counter.fetch_sub(1, Ordering::SeqCst);
+            }
+            wake.notify_one();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Takes up to `wanted` tokens (`wanted` ≥ 1). Whenever the bucket runs dry, the next token
+/// is reserved (taken in debt) and kept until it is due; `Err` says when, if no token could
+/// be taken now. Reserving rather than waiting for the bucket to refill means a scheduler
+/// that comes back late loses no throughput, even with a burst of 1.
+fn take_tokens(
+    bucket: &TokenBucket,
+    reserved: &Mutex<Option<Instant>>,
+    wanted: u32,
+) -> Result<u32, Instant> {
+    let mut held = lock(reserved);
+    let mut tokens = 0;
+    match *held {
+        Some(due) if due > Instant::now() => return Err(due),
+        Some(_) => {
+            *held = None;
+            tokens = 1;
+        }
+        None => {}
+    }
+    while tokens < wanted && bucket.try_acquire().is_ok() {
+        tokens += 1;
+    }
+    if tokens < wanted {
+        // The bucket is empty: reserve the next token now, so it accrues even if the
+        // scheduler comes back late.
+        let due = bucket.reserve();
+        if due <= Instant::now() {
+            tokens += 1;
+        } else {
+            *held = Some(due);
+        }
+    }
+    match *held {
+        Some(due) if tokens == 0 => Err(due),
+        _ => Ok(tokens),
+    }
+}
+
+/// A random number in `[0, 1)`, for jitter.
+fn unit_random() -> f64 {
+    let mut bytes = [0_u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    // 53 random bits: every value is exact in an f64.
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1_u64 << 53) as f64
+}
+
+async fn attempt(
+    store: &Store,
+    mediator: &Mediator,
+    backoff: Backoff,
+    subscription: &Subscription,
+    breaker: &Mutex<Breaker>,
+    job: &Claimed,
+) {
+    let started_at = now_ms();
+    let body = match job::event_body(store, &job.event_id).await {
+        Ok(Some(body)) => body,
+        Ok(None) => {
+            let attempt = Attempt {
+                started_at,
+                status_code: None,
+                latency_ms: 0,
+                outcome: "failed",
+                error: Some(format!("the event {} is no longer stored", job.event_id)),
+            };
+            record(store, job, &attempt, Next::Dead).await;
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = herald_core::error_chain(&err),
+                "cannot read an event to deliver"
+            );
+            // The lease runs out and the job is claimed again.
+            return;
+        }
+    };
+    let answer = mediator
+        .send(mediator::Request {
+            url: &subscription.url,
+            event_id: &job.event_id,
+            body: &body,
+            secret: &subscription.secret,
+            headers: &subscription.headers,
+        })
+        .await;
+    let attempt_no = job.attempts.saturating_add(1);
+    let used = attempt_no.saturating_sub(job.budget_from);
+    let (outcome, next) = match answer.outcome {
+        Outcome::Delivered => {
+            lock(breaker).succeeded();
+            ("delivered", Next::Delivered)
+        }
+        Outcome::Gone => {
+            let reason = format!(
+                "the endpoint answered 410 Gone to dispatch job {} at {}",
+                job.id,
+                crate::sql::rfc3339(started_at)
+            );
+            if let Err(err) = subscription::disable(store, subscription.id, &reason).await {
+                tracing::error!(
+                    error = herald_core::error_chain(&err),
+                    "cannot disable a subscription"
+                );
+            }
+            tracing::warn!(subscription_id = %subscription.id, "the endpoint answered 410; the subscription is disabled");
+            ("gone", Next::Dead)
+        }
+        Outcome::Retry { retry_after } => {
+            lock(breaker).failed();
+            (
+                "retry",
+                next_after(backoff, used, subscription, retry_after),
+            )
+        }
+        Outcome::Failed => {
+            // The endpoint is up and refused this one: not a reason to stop calling it.
+            lock(breaker).succeeded();
+            ("failed", next_after(backoff, used, subscription, None))
+        }
+    };
+    if next == Next::Dead && outcome != "gone" {
+        tracing::warn!(
+            job_id = %job.id,
+            event_id = %job.event_id,
+            subscription_id = %subscription.id,
+            attempts = used,
+            error = answer.error.as_deref().unwrap_or(""),
+            "a delivery was dead-lettered"
+        );
+    }
+    let attempt = Attempt {
+        started_at,
+        status_code: answer.status,
+        latency_ms: i64::try_from(answer.latency.as_millis()).unwrap_or(i64::MAX),
+        outcome,
+        error: answer.error,
+    };
+    record(store, job, &attempt, next).await;
+}
+
+fn next_after(
+    backoff: Backoff,
+    used: u32,
+    subscription: &Subscription,
+    retry_after: Option<Duration>,
+) -> Next {
+    if used >= subscription.max_attempts {
+        return Next::Dead;
+    }
+    let delay = backoff.delay(used, unit_random(), retry_after);
+    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+    Next::RetryAt(now_ms().saturating_add(delay_ms))
+}
+
+async fn record(store: &Store, job: &Claimed, attempt: &Attempt, next: Next) {
+    match job::finish(store, job, attempt, next).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            job_id = %job.id,
+            "the job's lease ran out during the attempt; another router has it"
+        ),
+        Err(err) => tracing::warn!(
+            job_id = %job.id,
+            error = herald_core::error_chain(&err),
+            "cannot record an attempt; the job will be tried again when its lease runs out"
+        ),
+    }
+}

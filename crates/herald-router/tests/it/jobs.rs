@@ -1,0 +1,165 @@
+//! Dispatch jobs in the store, on both engines: FIFO groups release one job at a time and
+//! hold back only their own key, leases expire and fence, attempts are recorded.
+
+use herald_router::job::{self, Attempt, Filter, Next, Status};
+use herald_testing::{TestDb, on_both_stores};
+
+use crate::support::{dispatch, migrate, subscribe};
+
+fn delivered_at(ms: i64) -> Attempt {
+    Attempt {
+        started_at: ms,
+        status_code: Some(200),
+        latency_ms: 3,
+        outcome: "delivered",
+        error: None,
+    }
+}
+
+async fn a_fifo_group_releases_its_jobs_one_at_a_time(db: TestDb) {
+    migrate(&db).await;
+    let store = db.store();
+    let fifo = subscribe(store, "test.*", "http://127.0.0.1:9/hook", true, 5).await;
+    let subs = [(fifo.id, true)];
+    for (id, key) in [
+        ("a1", "A"),
+        ("a2", "A"),
+        ("b1", "B"),
+        ("a3", "A"),
+        ("n1", ""),
+    ] {
+        let key = (!key.is_empty()).then_some(key);
+        dispatch(store, id, key, &subs).await;
+    }
+    // Only each group's head, and the key-less event, may go.
+    let first = job::claim(store, fifo.id, 10, 60_000).await.unwrap();
+    let mut ids: Vec<&str> = first.iter().map(|c| c.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a1", "b1", "n1"]);
+    assert!(
+        job::claim(store, fifo.id, 10, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A retry keeps its group waiting; finishing it releases the next.
+    let a1 = first.iter().find(|c| c.event_id == "a1").unwrap();
+    let retry = Attempt {
+        status_code: Some(503),
+        outcome: "retry",
+        error: Some("the endpoint answered 503".to_owned()),
+        ..delivered_at(1)
+    };
+    assert!(
+        job::finish(store, a1, &retry, Next::RetryAt(0))
+            .await
+            .unwrap()
+    );
+    let again = job::claim(store, fifo.id, 10, 60_000).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].event_id, "a1");
+    assert_eq!(again[0].attempts, 1);
+    assert!(
+        job::finish(store, &again[0], &delivered_at(2), Next::Delivered)
+            .await
+            .unwrap()
+    );
+    let next = job::claim(store, fifo.id, 10, 60_000).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].event_id, "a2");
+
+    // The API shows both attempts of a1, in order.
+    let page = job::list(
+        store,
+        &Filter {
+            event_id: Some("a1".to_owned()),
+            limit: 10,
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.data.len(), 1);
+    let shown = &page.data[0];
+    assert_eq!(shown.status, Status::Delivered);
+    let codes: Vec<Option<u16>> = shown.attempts.iter().map(|a| a.status_code).collect();
+    assert_eq!(codes, [Some(503), Some(200)]);
+}
+
+async fn an_expired_lease_is_claimed_again_and_the_old_holder_is_fenced(db: TestDb) {
+    migrate(&db).await;
+    let store = db.store();
+    let sub = subscribe(store, "test.*", "http://127.0.0.1:9/hook", false, 5).await;
+    dispatch(store, "e1", None, &[(sub.id, false)]).await;
+    let first = job::claim(store, sub.id, 1, 0).await.unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let second = job::claim(store, sub.id, 1, 60_000).await.unwrap();
+    assert_eq!(second.len(), 1, "an expired lease makes the job claimable");
+    assert_ne!(first[0].lease, second[0].lease);
+    assert!(
+        !job::finish(store, &first[0], &delivered_at(1), Next::Delivered)
+            .await
+            .unwrap(),
+        "the first holder lost its lease and cannot finish the job"
+    );
+    assert!(
+        job::finish(store, &second[0], &delivered_at(2), Next::Delivered)
+            .await
+            .unwrap()
+    );
+    let shown = job::get(store, first[0].id).await.unwrap();
+    assert_eq!(shown.status, Status::Delivered);
+    assert_eq!(
+        shown.attempts.len(),
+        1,
+        "only the holder's attempt is recorded"
+    );
+}
+
+async fn a_retried_dead_job_gets_a_fresh_budget(db: TestDb) {
+    migrate(&db).await;
+    let store = db.store();
+    let sub = subscribe(store, "test.*", "http://127.0.0.1:9/hook", false, 1).await;
+    dispatch(store, "e1", None, &[(sub.id, false)]).await;
+    let claimed = job::claim(store, sub.id, 1, 60_000).await.unwrap();
+    let failed = Attempt {
+        status_code: Some(500),
+        outcome: "retry",
+        error: Some("boom".to_owned()),
+        ..delivered_at(1)
+    };
+    assert!(
+        job::finish(store, &claimed[0], &failed, Next::Dead)
+            .await
+            .unwrap()
+    );
+    let dead = job::list(
+        store,
+        &Filter {
+            status: Some(Status::Dead),
+            limit: 10,
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dead.data.len(), 1);
+    assert_eq!(dead.data[0].last_error.as_deref(), Some("boom"));
+
+    let retried = job::retry(store, claimed[0].id).await.unwrap();
+    assert_eq!(retried.status, Status::Pending);
+    let again = job::claim(store, sub.id, 1, 60_000).await.unwrap();
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].budget_from, 1, "earlier attempts no longer count");
+    // While it is being delivered, a retry is refused.
+    let refused = job::retry(store, claimed[0].id).await.unwrap_err();
+    assert_eq!(refused.status(), 409);
+}
+
+on_both_stores!(
+    a_fifo_group_releases_its_jobs_one_at_a_time,
+    an_expired_lease_is_claimed_again_and_the_old_holder_is_fenced,
+    a_retried_dead_job_gets_a_fresh_budget,
+);
