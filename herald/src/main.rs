@@ -13,6 +13,8 @@ use herald::server;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (webhook deliveries over https).
+    herald_router::mediator::install_crypto_provider();
     let result = match cli.command {
         Command::Version => {
             say(&format!("herald {}", env!("CARGO_PKG_VERSION")));

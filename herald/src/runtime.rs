@@ -2,10 +2,11 @@
 //!
 //! [`Runtime::start`] connects the store, applies migrations (unless `store.auto_migrate` is
 //! off), builds the broker, registers readiness checks for both, starts the background roles
-//! (the relay, the users service's consumer) and builds the HTTP application with the routes
-//! of the roles that serve requests (`api`, `users`).
+//! (the relay, the users service's consumer, the dispatcher, the router) and builds the HTTP
+//! application with the routes of the roles that serve requests (`api`, `users`).
 //! When the relay runs in the same process as the API, the API wakes it after each commit, so
-//! events are published within milliseconds without the relay polling hard.
+//! events are published within milliseconds without the relay polling hard; likewise the API
+//! wakes an in-process router after a retry or a replay.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use axum::Router;
 use herald_broker::Broker;
 use herald_broker::embedded::EmbeddedBroker;
 use herald_core::admin::AdminToken;
-use herald_inbox::{Consumer, ConsumerOptions};
+use herald_inbox::{Consumer, ConsumerOptions, Handler};
 use herald_outbox::{Relay, RelayOptions};
 use herald_platform::PlatformState;
 use herald_store::migrate::Applied;
@@ -26,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::app::{self, AppOptions};
-use crate::config::{BrokerConfig, Config, Role};
+use crate::config::{BrokerConfig, Config, ConsumerConfig, Role};
 
 /// The running roles.
 #[derive(Debug)]
@@ -47,6 +48,7 @@ pub fn migration_sets(config: &Config) -> Vec<&'static MigrationSet> {
     }
     sets.push(&herald_inbox::MIGRATIONS);
     sets.push(&herald_users::MIGRATIONS);
+    sets.push(&herald_router::MIGRATIONS);
     sets
 }
 
@@ -89,12 +91,22 @@ impl Runtime {
         let check_store = store.clone();
         health.add_check("store", move || {
             let store = check_store.clone();
-            async move { store.ping().await.map_err(|err| error_chain(&err)) }
+            async move {
+                store
+                    .ping()
+                    .await
+                    .map_err(|err| herald_core::error_chain(&err))
+            }
         });
         let check_broker = broker.clone();
         health.add_check("broker", move || {
             let broker = check_broker.clone();
-            async move { broker.ping().await.map_err(|err| error_chain(&err)) }
+            async move {
+                broker
+                    .ping()
+                    .await
+                    .map_err(|err| herald_core::error_chain(&err))
+            }
         });
 
         let mut tasks = JoinSet::new();
@@ -113,19 +125,42 @@ impl Runtime {
             );
             let waker = relay.waker();
             wake = Some(Arc::new(move || waker.wake()) as herald_platform::Wake);
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                relay
-                    .run(crate::server::until_shutdown(stop))
-                    .await
-                    .context("the relay stopped")
+            spawn_role(&mut tasks, &shutdown, "relay", move |stop| async move {
+                relay.run(stop).await
             });
+        }
+
+        let mut wake_router = None;
+        if config.roles.contains(&Role::Router) {
+            let engine = herald_router::Engine::new(store.clone(), router_options(config))
+                .context("cannot start the router")?;
+            let waker = engine.waker();
+            wake_router = Some(Arc::new(move || waker.wake()) as herald_platform::Wake);
+            spawn_role(&mut tasks, &shutdown, "router", move |stop| async move {
+                engine.run(stop).await
+            });
+        }
+        if config.roles.contains(&Role::Dispatcher) {
+            let consumer = consumer(
+                &store,
+                &broker,
+                herald_router::dispatcher::CONSUMER,
+                &config.dispatcher,
+                herald_router::Dispatcher,
+            )?;
+            spawn_role(
+                &mut tasks,
+                &shutdown,
+                "dispatcher",
+                move |stop| async move { consumer.run(stop).await },
+            );
         }
 
         let mut api = config.roles.contains(&Role::Api).then(|| {
             herald_platform::router(PlatformState {
                 store: store.clone(),
                 wake,
+                wake_router,
             })
         });
         let mut grpc = None;
@@ -136,14 +171,19 @@ impl Runtime {
             let routes = herald_users::router(users.clone());
             api = Some(api.map_or(routes.clone(), |api| api.merge(routes)));
             grpc = Some(herald_users::grpc::routes(users, admin_token.clone()));
-            let consumer = users_consumer(&store, &broker, config)?;
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                consumer
-                    .run(crate::server::until_shutdown(stop))
-                    .await
-                    .context("the users consumer stopped")
-            });
+            let consumer = consumer(
+                &store,
+                &broker,
+                herald_users::CONSUMER,
+                &config.users,
+                herald_users::Projector,
+            )?;
+            spawn_role(
+                &mut tasks,
+                &shutdown,
+                "users consumer",
+                move |stop| async move { consumer.run(stop).await },
+            );
         }
         let app = app::router(AppOptions {
             health: health.clone(),
@@ -193,32 +233,55 @@ impl Runtime {
     }
 }
 
-/// The users service's consumer of identity's events.
-fn users_consumer(
-    store: &Store,
-    broker: &Arc<dyn Broker>,
-    config: &Config,
-) -> anyhow::Result<Consumer> {
-    let mut options = ConsumerOptions::new(herald_users::CONSUMER, &config.users.topic);
-    options.concurrency = config.users.concurrency;
-    options.max_deliveries = config.users.max_deliveries;
-    options.retention = config.users.inbox_retention;
-    Consumer::new(
-        store.clone(),
-        broker.clone(),
-        options,
-        herald_users::Projector,
-    )
-    .context("cannot build the users consumer")
+/// Runs a background role; `run` gets a future that completes at shutdown. Its error is
+/// reported as "the `name` stopped".
+fn spawn_role<F, E>(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &watch::Receiver<bool>,
+    name: &'static str,
+    run: impl FnOnce(BoxedStop) -> F,
+) where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let running = run(Box::pin(crate::server::until_shutdown(shutdown.clone())));
+    tasks.spawn(async move { running.await.with_context(|| format!("the {name} stopped")) });
 }
 
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The future a role's loop runs until.
+type BoxedStop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A consumer named `name` of the topic in `section`, running `handler`.
+fn consumer(
+    store: &Store,
+    broker: &Arc<dyn Broker>,
+    name: &str,
+    section: &ConsumerConfig,
+    handler: impl Handler,
+) -> anyhow::Result<Consumer> {
+    let mut options = ConsumerOptions::new(name, &section.topic);
+    options.concurrency = section.concurrency;
+    options.max_deliveries = section.max_deliveries;
+    options.retention = section.inbox_retention;
+    Consumer::new(store.clone(), broker.clone(), options, handler)
+        .with_context(|| format!("cannot build the {name} consumer"))
+}
+
+/// The router's options from `[router]`.
+fn router_options(config: &Config) -> herald_router::EngineOptions {
+    let section = &config.router;
+    herald_router::EngineOptions {
+        poll_interval: section.poll_interval.0,
+        refresh: section.refresh_interval.0,
+        request_timeout: section.request_timeout.0,
+        backoff: herald_router::outcome::Backoff {
+            base: section.backoff_base.0,
+            max: section.backoff_max.0,
+        },
+        breaker: herald_router::breaker::BreakerOptions {
+            threshold: section.breaker_threshold,
+            cooldown: section.breaker_cooldown.0,
+            max_cooldown: section.breaker_max_cooldown.0,
+        },
     }
-    text
 }

@@ -447,6 +447,34 @@ mod tests {
     }
 
     #[test]
+    fn delivery_settings_are_checked_together() {
+        let f = file(
+            "store.url = \"sqlite::memory:\"\n[router]\npoll_interval = \"1ms\"\nbackoff_base = \"10s\"\nbackoff_max = \"5s\"\nbreaker_threshold = 0\n[dispatcher]\nconcurrency = 0\ntopic = \"bad topic\"\n",
+        );
+        let found = problems(load(toml::Table::new(), Some(f.path()), env(&[])));
+        let mut keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "dispatcher.concurrency",
+                "dispatcher.topic",
+                "router.backoff_max",
+                "router.breaker_threshold",
+                "router.poll_interval",
+            ],
+            "{found:#?}"
+        );
+        let good = file("store.url = \"sqlite::memory:\"\n[router]\nrequest_timeout = \"2s\"\n");
+        let config = load(toml::Table::new(), Some(good.path()), env(&[])).unwrap();
+        assert_eq!(
+            config.router.request_timeout.0,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(config.dispatcher.topic, config.relay.topic);
+    }
+
+    #[test]
     fn file_errors_name_the_file() {
         let missing = load(
             toml::Table::new(),

@@ -40,8 +40,12 @@ pub struct RawConfig {
     pub broker: BrokerConfig,
     /// The outbox relay.
     pub relay: RelaySection,
-    /// The users service.
-    pub users: UsersSection,
+    /// The users service's consumer.
+    pub users: ConsumerSection,
+    /// The dispatcher's consumer.
+    pub dispatcher: ConsumerSection,
+    /// The router.
+    pub router: RouterSection,
 }
 
 /// A part of Herald that a process can run.
@@ -55,11 +59,21 @@ pub enum Role {
     /// The users service: projects identity's events into profiles and serves them
     /// (`/v1/users`, gRPC `herald.users.v1.UsersService`).
     Users,
+    /// The dispatcher: turns each event into a dispatch job per matching subscription.
+    Dispatcher,
+    /// The router: delivers dispatch jobs to webhook endpoints through their pools.
+    Router,
 }
 
 impl Role {
     /// Every role, in start order.
-    pub const ALL: [Role; 3] = [Role::Api, Role::Relay, Role::Users];
+    pub const ALL: [Role; 5] = [
+        Role::Api,
+        Role::Relay,
+        Role::Users,
+        Role::Dispatcher,
+        Role::Router,
+    ];
 }
 
 /// `[store]`: the database.
@@ -124,13 +138,13 @@ impl Default for RelaySection {
     }
 }
 
-/// `[users]`: the users service.
+/// `[users]` and `[dispatcher]`: a consumer of the event topic.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct UsersSection {
-    /// The broker topic identity's events arrive on (the relay's topic by default).
+pub struct ConsumerSection {
+    /// The broker topic its events arrive on (the relay's topic by default).
     pub topic: Option<String>,
-    /// Events processed at once (1 to 256); events of one user are always in order.
+    /// Events processed at once (1 to 256); events of one partition key are always in order.
     pub concurrency: usize,
     /// Deliveries of one event before it is dead-lettered (1 to 1000).
     pub max_deliveries: u32,
@@ -139,13 +153,50 @@ pub struct UsersSection {
     pub inbox_retention: HumanDuration,
 }
 
-impl Default for UsersSection {
+impl Default for ConsumerSection {
     fn default() -> Self {
         Self {
             topic: None,
             concurrency: 8,
             max_deliveries: 10,
             inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+/// `[router]`: webhook delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSection {
+    /// The longest the router sleeps when nothing is due (10ms to 10s).
+    pub poll_interval: HumanDuration,
+    /// How often pools and subscriptions are re-read, so API changes apply (100ms to 1m).
+    pub refresh_interval: HumanDuration,
+    /// How long one webhook request may take (100ms to 5m).
+    pub request_timeout: HumanDuration,
+    /// The first retry's longest wait (10ms to 1h); each retry doubles it, with jitter.
+    pub backoff_base: HumanDuration,
+    /// The longest wait between attempts, `Retry-After` included (backoff_base to 24h).
+    pub backoff_max: HumanDuration,
+    /// Consecutive failures (429, 5xx, timeouts) that open an endpoint's breaker (1 to 1000).
+    pub breaker_threshold: u32,
+    /// How long an open breaker waits before a probe (100ms to 1h); doubles while probes fail.
+    pub breaker_cooldown: HumanDuration,
+    /// The longest an open breaker waits (breaker_cooldown to 24h).
+    pub breaker_max_cooldown: HumanDuration,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        Self {
+            poll_interval: HumanDuration(Duration::from_millis(200)),
+            refresh_interval: HumanDuration(Duration::from_secs(1)),
+            request_timeout: HumanDuration(Duration::from_secs(10)),
+            backoff_base: HumanDuration(Duration::from_secs(1)),
+            backoff_max: HumanDuration(Duration::from_secs(3600)),
+            breaker_threshold: 5,
+            breaker_cooldown: HumanDuration(Duration::from_secs(5)),
+            breaker_max_cooldown: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -246,13 +297,17 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// The relay.
     pub relay: RelaySection,
-    /// The users service.
-    pub users: UsersConfig,
+    /// The users service's consumer.
+    pub users: ConsumerConfig,
+    /// The dispatcher's consumer.
+    pub dispatcher: ConsumerConfig,
+    /// The router.
+    pub router: RouterSection,
 }
 
-/// The checked `[users]` section.
+/// A checked consumer section (`[users]`, `[dispatcher]`).
 #[derive(Debug, Clone)]
-pub struct UsersConfig {
+pub struct ConsumerConfig {
     /// The topic consumed.
     pub topic: String,
     /// Events processed at once.
@@ -311,8 +366,10 @@ impl RawConfig {
         roles.sort();
         roles.dedup();
         if roles.is_empty() {
-            problems
-                .push(sources.problem("roles", "must name at least one role: api, relay, users"));
+            problems.push(sources.problem(
+                "roles",
+                "must name at least one role: api, relay, users, dispatcher, router",
+            ));
         }
         let store = match self.store.url {
             Some(url) => {
@@ -369,40 +426,15 @@ impl RawConfig {
                 ),
             ));
         }
-        let users_topic = self
-            .users
-            .topic
-            .clone()
-            .unwrap_or_else(|| self.relay.topic.clone());
-        if !topic_ok(&users_topic) {
-            problems.push(sources.problem(
-                "users.topic",
-                "must be 1 to 200 ASCII letters, digits, `.`, `_` or `-`",
-            ));
-        }
-        if !(1..=256).contains(&self.users.concurrency) {
-            problems.push(sources.problem(
-                "users.concurrency",
-                format!("must be between 1 and 256, not {}", self.users.concurrency),
-            ));
-        }
-        if !(1..=1000).contains(&self.users.max_deliveries) {
-            problems.push(sources.problem(
-                "users.max_deliveries",
-                format!(
-                    "must be between 1 and 1000, not {}",
-                    self.users.max_deliveries
-                ),
-            ));
-        }
-        if !(Duration::from_secs(60)..=Duration::from_secs(365 * 24 * 3600))
-            .contains(&self.users.inbox_retention.0)
-        {
-            problems.push(sources.problem(
-                "users.inbox_retention",
-                "must be between 1m and 8760h (365 days)",
-            ));
-        }
+        let users = check_consumer("users", &self.users, &self.relay.topic, sources, problems);
+        let dispatcher = check_consumer(
+            "dispatcher",
+            &self.dispatcher,
+            &self.relay.topic,
+            sources,
+            problems,
+        );
+        check_router(&self.router, sources, problems);
         let store = store?;
         (problems.len() == before).then_some(Config {
             roles,
@@ -412,13 +444,125 @@ impl RawConfig {
             store,
             broker: self.broker,
             relay: self.relay,
-            users: UsersConfig {
-                topic: users_topic,
-                concurrency: self.users.concurrency,
-                max_deliveries: self.users.max_deliveries,
-                inbox_retention: self.users.inbox_retention.0,
-            },
+            users,
+            dispatcher,
+            router: self.router,
         })
+    }
+}
+
+/// Checks consumer section `name`; its topic defaults to `relay_topic`.
+fn check_consumer(
+    name: &str,
+    section: &ConsumerSection,
+    relay_topic: &str,
+    sources: &Sources,
+    problems: &mut Vec<Problem>,
+) -> ConsumerConfig {
+    let topic = section
+        .topic
+        .clone()
+        .unwrap_or_else(|| relay_topic.to_owned());
+    if !topic_ok(&topic) {
+        problems.push(sources.problem(
+            &format!("{name}.topic"),
+            "must be 1 to 200 ASCII letters, digits, `.`, `_` or `-`",
+        ));
+    }
+    if !(1..=256).contains(&section.concurrency) {
+        problems.push(sources.problem(
+            &format!("{name}.concurrency"),
+            format!("must be between 1 and 256, not {}", section.concurrency),
+        ));
+    }
+    if !(1..=1000).contains(&section.max_deliveries) {
+        problems.push(sources.problem(
+            &format!("{name}.max_deliveries"),
+            format!("must be between 1 and 1000, not {}", section.max_deliveries),
+        ));
+    }
+    if !(Duration::from_secs(60)..=Duration::from_secs(365 * 24 * 3600))
+        .contains(&section.inbox_retention.0)
+    {
+        problems.push(sources.problem(
+            &format!("{name}.inbox_retention"),
+            "must be between 1m and 8760h (365 days)",
+        ));
+    }
+    ConsumerConfig {
+        topic,
+        concurrency: section.concurrency,
+        max_deliveries: section.max_deliveries,
+        inbox_retention: section.inbox_retention.0,
+    }
+}
+
+/// Checks `[router]`.
+fn check_router(section: &RouterSection, sources: &Sources, problems: &mut Vec<Problem>) {
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    let ranges = [
+        (
+            "router.poll_interval",
+            section.poll_interval.0,
+            ms(10),
+            secs(10),
+            "10ms and 10s",
+        ),
+        (
+            "router.refresh_interval",
+            section.refresh_interval.0,
+            ms(100),
+            secs(60),
+            "100ms and 1m",
+        ),
+        (
+            "router.request_timeout",
+            section.request_timeout.0,
+            ms(100),
+            secs(300),
+            "100ms and 5m",
+        ),
+        (
+            "router.backoff_base",
+            section.backoff_base.0,
+            ms(10),
+            secs(3600),
+            "10ms and 1h",
+        ),
+        (
+            "router.breaker_cooldown",
+            section.breaker_cooldown.0,
+            ms(100),
+            secs(3600),
+            "100ms and 1h",
+        ),
+    ];
+    for (key, value, low, high, text) in ranges {
+        if !(low..=high).contains(&value) {
+            problems.push(sources.problem(key, format!("must be between {text}")));
+        }
+    }
+    if !(section.backoff_base.0..=secs(24 * 3600)).contains(&section.backoff_max.0) {
+        problems.push(sources.problem(
+            "router.backoff_max",
+            "must be at least router.backoff_base and at most 24h",
+        ));
+    }
+    if !(section.breaker_cooldown.0..=secs(24 * 3600)).contains(&section.breaker_max_cooldown.0) {
+        problems.push(sources.problem(
+            "router.breaker_max_cooldown",
+            "must be at least router.breaker_cooldown and at most 24h",
+        ));
+    }
+    if !(1..=1000).contains(&section.breaker_threshold) {
+        problems.push(sources.problem(
+            "router.breaker_threshold",
+            format!(
+                "must be between 1 and 1000, not {}",
+                section.breaker_threshold
+            ),
+        ));
     }
 }
 

@@ -13,3 +13,4 @@ mod relay_crash;
 mod serve;
 mod tidy;
 mod users;
+mod webhooks;

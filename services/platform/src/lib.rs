@@ -2,7 +2,8 @@
 //!
 //! One resource per file under [`v1`], each exporting its `router()`; [`router`] merges them.
 //! The caller (the `herald` binary) puts the whole API behind the admin key and the shared
-//! middleware. Today: events. Subscriptions, pools and dispatch jobs follow.
+//! middleware: events, subscriptions, pools and dispatch jobs. The webhook resources keep
+//! their rules in `herald-router`, which also delivers.
 //!
 //! The API's tables are its own ([`MIGRATIONS`]); it writes events to the outbox in the same
 //! transaction, so an accepted event is published exactly when it is committed.
@@ -22,6 +23,18 @@ pub struct PlatformState {
     pub store: Store,
     /// Called after events are committed; `None` when the relay runs elsewhere.
     pub wake: Option<Wake>,
+    /// Called when deliveries became due (a retry, a replay, a re-enabled subscription);
+    /// `None` when the router runs elsewhere (it finds them by polling).
+    pub wake_router: Option<Wake>,
+}
+
+impl PlatformState {
+    /// Wakes the router, if it runs in this process.
+    pub fn wake_router(&self) {
+        if let Some(wake) = &self.wake_router {
+            wake();
+        }
+    }
 }
 
 impl std::fmt::Debug for PlatformState {
@@ -29,13 +42,18 @@ impl std::fmt::Debug for PlatformState {
         f.debug_struct("PlatformState")
             .field("store", &self.store.backend())
             .field("wake", &self.wake.is_some())
+            .field("wake_router", &self.wake_router.is_some())
             .finish()
     }
 }
 
 /// The `/v1` routes (to be nested under `/v1`).
 pub fn router(state: PlatformState) -> Router {
-    v1::events::router().with_state(state)
+    v1::events::router()
+        .merge(v1::subscriptions::router())
+        .merge(v1::pools::router())
+        .merge(v1::dispatch_jobs::router())
+        .with_state(state)
 }
 
 /// The platform API's tables.

@@ -6,6 +6,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub(crate) mod sink;
+
 /// How long a started binary may take to say where it listens.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -133,10 +135,16 @@ pub(crate) fn wait_with_deadline(child: &mut Child, deadline: Duration) -> ExitS
 
 /// `herald dev` on a data directory and a free port.
 pub(crate) fn start_dev(data_dir: &Path) -> Running {
+    start_dev_with(data_dir, &[])
+}
+
+/// [`start_dev`] with `HERALD_*` configuration overrides.
+pub(crate) fn start_dev_with(data_dir: &Path, env: &[(&str, &str)]) -> Running {
     let mut command = herald();
     command
         .args(["dev", "--http", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir);
+        .arg(data_dir)
+        .envs(env.iter().copied());
     Running::start(command)
 }
 
@@ -150,6 +158,8 @@ pub(crate) fn dev_admin_key(data_dir: &Path) -> String {
 
 /// An HTTP client that never reuses a connection across a restart.
 pub(crate) fn client() -> reqwest::Client {
+    // The process needs its one TLS crypto provider before any client is built.
+    herald_router::mediator::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(0)

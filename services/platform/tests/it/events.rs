@@ -2,72 +2,14 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use herald_platform::{PlatformState, router};
-use herald_store::Store;
+use axum::http::StatusCode;
 use herald_testing::{TestDb, on_both_stores};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-async fn app(db: &TestDb) -> Router {
-    herald_store::migrate::migrate(
-        db.store(),
-        &[&herald_outbox::MIGRATIONS, &herald_platform::MIGRATIONS],
-    )
-    .await
-    .unwrap();
-    router(PlatformState {
-        store: db.store().clone(),
-        wake: None,
-    })
-    .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: impl Into<Body>,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(content_type) = content_type {
-        request = request.header(header::CONTENT_TYPE, content_type);
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(body.into()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.to_str().unwrap().starts_with("application/problem+json"));
-    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
-        .await
-        .unwrap();
-    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if status.is_client_error() {
-        assert!(is_problem, "a {status} must be problem+json: {json}");
-    }
-    (status, json)
-}
+use crate::support::{app, call, count};
 
 async fn post(app: &Router, content_type: &str, body: &Value) -> (StatusCode, Value) {
     call(app, "POST", "/events", Some(content_type), body.to_string()).await
-}
-
-async fn count(store: &Store, table: &str) -> i64 {
-    let sql = match table {
-        "events" => "SELECT count(*) FROM herald_events",
-        "outbox" => "SELECT count(*) FROM herald_outbox",
-        other => panic!("unknown table {other}"),
-    };
-    match store {
-        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-    }
 }
 
 fn event(id: &str) -> Value {

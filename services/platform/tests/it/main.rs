@@ -2,4 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod dispatch_jobs;
 mod events;
+mod pools;
+mod subscriptions;
+mod support;
