@@ -3,6 +3,9 @@
 //! - Probes and metrics at the root (`/healthz`, `/readyz`, `/q/live`, `/q/ready`, `/metrics`).
 //! - The platform API and the users service under `/v1`, behind the admin key.
 //! - gRPC services (HTTP/2) at their own paths, e.g. `/herald.users.v1.UsersService/GetUser`.
+//! - The OpenAPI 3.1 description of the HTTP API at `/openapi.json` and a browsable copy at
+//!   `/docs` (served from the binary; nothing is fetched from elsewhere). Both are public: the
+//!   description holds no data.
 //! - Unknown paths and wrong methods answer problem+json (404, 405), bodies over the limit 413.
 //! - Everything wears [`herald_telemetry::http::instrument`]: correlation ids, spans, access
 //!   logs, metrics, and panics caught as problem+json.
@@ -34,7 +37,45 @@ pub struct AppOptions {
     /// gRPC services, at the root (they check the admin key themselves and answer in gRPC
     /// statuses).
     pub grpc: Option<Router>,
+    /// The OpenAPI description of the routes under `/v1` (see [`openapi`]).
+    pub openapi: utoipa::openapi::OpenApi,
 }
+
+/// The OpenAPI description of what a server with `parts` serves under `/v1` (each part is a
+/// service's own description), with the admin key as the security scheme.
+pub fn openapi(parts: Vec<utoipa::openapi::OpenApi>) -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+
+    let mut doc = SystemDoc::openapi();
+    for part in parts {
+        doc.merge(part);
+    }
+    doc.info = utoipa::openapi::InfoBuilder::new()
+        .title("Herald")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Herald's HTTP API. Every request needs the admin key as a bearer token; every \
+             error is application/problem+json (RFC 9457) with a stable `code`.",
+        ))
+        .build();
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "admin_key",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    doc.security = Some(vec![SecurityRequirement::new(
+        "admin_key",
+        Vec::<String>::new(),
+    )]);
+    doc
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(system))]
+struct SystemDoc;
 
 /// Builds the application.
 pub fn router(options: AppOptions) -> Router {
@@ -57,6 +98,8 @@ pub fn router(options: AppOptions) -> Router {
     if let Some(grpc) = options.grpc {
         app = app.merge(grpc);
     }
+    app =
+        app.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", options.openapi));
     let app = app
         .fallback(problem::route_not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
@@ -69,13 +112,16 @@ async fn no_admin_key(_request: Request, _next: Next) -> ApiError {
 }
 
 /// `GET /v1/system`: what is running.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = System)]
 struct SystemOut {
     version: &'static str,
     mode: &'static str,
     started_at: String,
 }
 
+/// The server's version, mode (`dev` or `serve`) and start time.
+#[utoipa::path(get, path = "/v1/system", operation_id = "getSystem", tag = "system", responses((status = 200, description = "OK", body = SystemOut)))]
 async fn system(State(info): State<SystemOut>) -> impl IntoResponse {
     Json(info)
 }

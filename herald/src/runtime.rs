@@ -163,8 +163,13 @@ impl Runtime {
                 wake_router,
             })
         });
+        let mut docs = Vec::new();
+        if api.is_some() {
+            docs.push(<herald_platform::ApiDoc as utoipa::OpenApi>::openapi());
+        }
         let mut grpc = None;
         if config.roles.contains(&Role::Users) {
+            docs.push(<herald_users::ApiDoc as utoipa::OpenApi>::openapi());
             let users = UsersState {
                 store: store.clone(),
             };
@@ -192,6 +197,7 @@ impl Runtime {
             mode,
             api,
             grpc,
+            openapi: app::openapi(docs),
         });
         Ok(Self {
             app,

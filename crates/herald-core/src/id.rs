@@ -22,6 +22,8 @@ use crate::base32;
 pub trait IdKind: 'static {
     /// The text before the underscore, e.g. `evt`.
     const PREFIX: &'static str;
+    /// The name API documentation gives ids of this kind (`EventId`).
+    const NAME: &'static str;
 }
 
 /// An id of kind `K`. See the [module docs](self).
@@ -132,6 +134,22 @@ impl<'de, K: IdKind> Deserialize<'de> for Id<K> {
     }
 }
 
+impl<K: IdKind> utoipa::PartialSchema for Id<K> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(format!("^{}_[0-9a-hjkmnp-tv-z]{{26}}$", K::PREFIX)))
+            .examples([format!("{}_068k2m3v5c7q0w1x2y3z4a5b6c", K::PREFIX)])
+            .into()
+    }
+}
+
+impl<K: IdKind> utoipa::ToSchema for Id<K> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(K::NAME)
+    }
+}
+
 /// Declares id kinds: `id_kinds! { /// docs
 /// EventId = "evt" }` makes a marker type and `pub type EventId = Id<…>`.
 #[macro_export]
@@ -148,6 +166,7 @@ macro_rules! id_kinds {
                 pub enum $alias {}
                 impl $crate::id::IdKind for $alias {
                     const PREFIX: &'static str = $prefix;
+                    const NAME: &'static str = stringify!($alias);
                 }
             )+
         }

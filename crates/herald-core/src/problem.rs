@@ -51,7 +51,7 @@ struct Inner {
 
 /// One problem with one part of the input, located by a JSON pointer (RFC 6901) into the
 /// request body, or by `#/query/<name>` or `#/header/<name>` for other parts of the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Where the problem is.
     pub pointer: String,
@@ -237,6 +237,28 @@ impl StdError for ApiError {
             .as_deref()
             .map(|s| s as &(dyn StdError + 'static))
     }
+}
+
+/// The body of every error answer (`application/problem+json`, RFC 9457), as the API
+/// documentation shows it. [`ApiError`] writes it.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDoc {
+    /// A URI naming the kind of problem (`urn:herald:problem:<code>`).
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong this time.
+    pub detail: Option<String>,
+    /// A stable, machine-readable code (`invalid_input`, `not_found`…).
+    pub code: String,
+    /// The request's correlation id, to find it in the logs.
+    pub correlation_id: Option<String>,
+    /// Every problem with the input, each located by a pointer.
+    pub errors: Option<Vec<FieldError>>,
 }
 
 #[derive(Serialize)]

@@ -22,7 +22,8 @@ use crate::sql::{now_ms, on_store, on_tx, parse_rfc3339, rfc3339};
 use crate::subscription::{self, Subscription};
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = DispatchJobStatus)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting for its next attempt.
@@ -282,7 +283,8 @@ pub async fn finish(
 }
 
 /// An attempt as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = DispatchAttempt)]
 pub struct AttemptOut {
     /// 1 for the first.
     pub number: u32,
@@ -299,7 +301,8 @@ pub struct AttemptOut {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = DispatchJob)]
 pub struct JobOut {
     /// The job.
     pub id: DispatchJobId,
@@ -341,7 +344,8 @@ pub struct Filter {
 }
 
 /// A page of jobs, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = DispatchJobPage)]
 pub struct Page {
     /// The jobs.
     pub data: Vec<JobOut>,

@@ -33,7 +33,8 @@ pub struct Pool {
 }
 
 /// A pool's rate limit as the API reads and writes it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = RateLimit)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitBody {
     /// Requests per second on average.
@@ -43,7 +44,7 @@ pub struct RateLimitBody {
 }
 
 /// The body of `PUT /v1/pools/{code}`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// The most requests in flight at once (1 to 1000).
@@ -54,7 +55,8 @@ pub struct PoolSpec {
 }
 
 /// A pool as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = Pool)]
 pub struct PoolOut {
     /// Its code.
     pub code: String,

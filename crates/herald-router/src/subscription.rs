@@ -82,7 +82,7 @@ impl Subscription {
 }
 
 /// The body of `POST /v1/subscriptions`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscription {
     /// A name for people (1 to 200 characters).
@@ -109,7 +109,7 @@ pub struct NewSubscription {
 }
 
 /// The body of `PATCH /v1/subscriptions/{id}`: the fields to change.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionPatch {
     /// A new name.
@@ -133,7 +133,8 @@ pub struct SubscriptionPatch {
 }
 
 /// A subscription as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Subscription)]
 pub struct SubscriptionOut {
     /// Its id.
     pub id: SubscriptionId,

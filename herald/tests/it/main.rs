@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod dev;
 mod events;
+mod openapi;
 mod relay_crash;
 mod serve;
 mod tidy;

@@ -10,6 +10,25 @@
 
 pub mod v1;
 
+/// The platform API's OpenAPI description (paths under `/v1`).
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(
+        v1::events::create, v1::events::fetch,
+        v1::subscriptions::list, v1::subscriptions::create, v1::subscriptions::fetch,
+        v1::subscriptions::update, v1::subscriptions::remove, v1::subscriptions::replay,
+        v1::pools::list, v1::pools::fetch, v1::pools::put,
+        v1::dispatch_jobs::list, v1::dispatch_jobs::fetch, v1::dispatch_jobs::retry,
+    ),
+    tags(
+        (name = "events", description = "Publish events and read them back"),
+        (name = "subscriptions", description = "Webhook endpoints and the events they get"),
+        (name = "pools", description = "Delivery concurrency and rate limits"),
+        (name = "dispatch-jobs", description = "Every delivery, its attempts, and the dead letters"),
+    )
+)]
+pub struct ApiDoc;
+
 use axum::Router;
 use herald_store::{Migration, MigrationSet, Store};
 

@@ -24,6 +24,14 @@ use herald_store::{Migration, MigrationSet, Store};
 
 pub use projector::{CONSUMER, Projector};
 
+/// The users service's OpenAPI description (its HTTP paths under `/v1`).
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(v1::users::one, v1::users::batch),
+    tags((name = "users", description = "User profiles, projected from identity's events"))
+)]
+pub struct ApiDoc;
+
 /// What the service's handlers share.
 #[derive(Debug, Clone)]
 pub struct UsersState {

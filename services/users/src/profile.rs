@@ -91,7 +91,7 @@ impl UserSnapshot {
 }
 
 /// A user's profile as the service serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Profile {
     /// The user.
     pub id: UserId,
@@ -196,7 +196,8 @@ pub async fn get(store: &Store, id: UserId) -> Result<Profile, ApiError> {
 }
 
 /// What a batch lookup found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = ProfileBatch)]
 pub struct Batch {
     /// The profiles found, in request order, each once.
     pub data: Vec<Profile>,

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald_core::problem::{ApiError, FieldError};
+use herald_core::problem::{ApiError, FieldError, ProblemDoc as Problem};
 use herald_router::job::{self, Filter, JobOut, Page, Status};
 use herald_router::subscription;
 use serde::Deserialize;
@@ -34,7 +34,7 @@ pub fn router() -> Router<PlatformState> {
 /// The query of the list.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     subscription_id: Option<String>,
     status: Option<String>,
     event_id: Option<String>,
@@ -42,7 +42,19 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list(
+/// Dispatch jobs, newest first, each with every attempt.
+#[utoipa::path(get, path = "/v1/dispatch-jobs", operation_id = "listDispatchJobs", tag = "dispatch-jobs",
+    params(
+        ("subscription_id" = Option<String>, Query, description = "Only this subscription's jobs"),
+        ("status" = Option<String>, Query, description = "pending, delivering, delivered or dead"),
+        ("event_id" = Option<String>, Query, description = "Only this event's jobs"),
+        ("limit" = Option<u32>, Query, description = "1 to 500, default 100"),
+        ("cursor" = Option<String>, Query, description = "A previous page's next_cursor"),
+    ),
+    responses((status = 200, description = "OK", body = Page),
+              (status = 400, description = "Unknown query parameter", body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list(
     State(state): State<PlatformState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
@@ -99,7 +111,10 @@ async fn list(
     job::list(&state.store, &filter).await.map(Json)
 }
 
-async fn fetch(
+/// One dispatch job with its attempts.
+#[utoipa::path(get, path = "/v1/dispatch-jobs/{id}", operation_id = "getDispatchJob", tag = "dispatch-jobs", params(("id" = String, Path, description = "A `job_…` id")),
+    responses((status = 200, description = "OK", body = JobOut), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn fetch(
     State(state): State<PlatformState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobOut>, ApiError> {
@@ -107,7 +122,10 @@ async fn fetch(
     job::get(&state.store, id).await.map(Json)
 }
 
-async fn retry(
+/// Make a job due now with a fresh attempt budget (dead letters included).
+#[utoipa::path(post, path = "/v1/dispatch-jobs/{id}/retry", operation_id = "retryDispatchJob", tag = "dispatch-jobs", params(("id" = String, Path, description = "A `job_…` id")),
+    responses((status = 202, description = "Accepted", body = JobOut), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 409, description = "An attempt is under way", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn retry(
     State(state): State<PlatformState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobOut>), ApiError> {

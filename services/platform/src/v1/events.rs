@@ -24,7 +24,7 @@ use bytes::Bytes;
 use herald_core::correlation;
 use herald_core::envelope::Event;
 use herald_core::id::EventId;
-use herald_core::problem::{ApiError, FieldError};
+use herald_core::problem::{ApiError, FieldError, ProblemDoc as Problem};
 use herald_store::Store;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -46,7 +46,8 @@ pub fn router() -> Router<PlatformState> {
 }
 
 /// One accepted event in the `POST` answer.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = AcceptedEvent)]
 pub struct AcceptedOut {
     /// Herald's id for the event.
     pub id: EventId,
@@ -60,24 +61,77 @@ pub struct AcceptedOut {
 }
 
 /// The `POST` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AcceptedEvents)]
 pub struct AcceptedListOut {
     /// One entry per event, in request order.
     pub data: Vec<AcceptedOut>,
 }
 
 /// The `GET` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = StoredEvent)]
 pub struct EventOut {
     /// Herald's id.
     pub id: EventId,
     /// When Herald accepted it (RFC 3339).
     pub received_at: String,
     /// The event as it is delivered.
+    #[schema(value_type = CloudEventDoc)]
     pub event: Box<RawValue>,
 }
 
-async fn create(
+/// A CloudEvents 1.0 event in structured JSON form, with Herald's extensions, as the API
+/// documentation shows it. Unknown extension attributes are kept.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = CloudEvent)]
+pub struct CloudEventDoc {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// The producer's id; with `source`, it identifies the event (retries are recognised).
+    pub id: String,
+    /// Who produced it, a URI reference such as `/shop`.
+    pub source: String,
+    /// What happened, dot-separated: `shop.order.placed`.
+    #[schema(rename = "type")]
+    pub event_type: String,
+    /// When it happened (RFC 3339).
+    pub time: Option<String>,
+    /// What it is about, within the source.
+    pub subject: Option<String>,
+    /// The media type of `data` (JSON when absent).
+    pub datacontenttype: Option<String>,
+    /// The payload.
+    pub data: Option<serde_json::Value>,
+    /// Binary payload, base64 (instead of `data`).
+    pub data_base64: Option<String>,
+    /// Events with the same key are delivered in order (FIFO subscriptions).
+    pub partitionkey: Option<String>,
+    /// The correlation id that follows the event; the request's when absent.
+    pub correlationid: Option<String>,
+    /// W3C trace context.
+    pub traceparent: Option<String>,
+}
+
+/// Accept one event or a batch.
+///
+/// Every event is checked and every problem reported (pointers into the body); if any is
+/// bad, nothing is written. Otherwise all are written, with their outbox rows, in one
+/// transaction.
+#[utoipa::path(post, path = "/v1/events", operation_id = "publishEvents", tag = "events",
+    request_body(content(
+        (CloudEventDoc = "application/cloudevents+json"),
+        (Vec<CloudEventDoc> = "application/cloudevents-batch+json"),
+        (CloudEventDoc = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "Accepted", body = AcceptedListOut),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Wrong content type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid events", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn create(
     State(state): State<PlatformState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -285,7 +339,15 @@ async fn store_events(store: &Store, events: Vec<Event>) -> Result<Vec<AcceptedO
     }
 }
 
-async fn fetch(
+/// One accepted event, as delivered.
+#[utoipa::path(get, path = "/v1/events/{id}", operation_id = "getEvent", tag = "events",
+    params(("id" = String, Path, description = "An `evt_…` id")),
+    responses(
+        (status = 200, description = "OK", body = EventOut),
+        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not an event id", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn fetch(
     State(state): State<PlatformState>,
     Path(id): Path<String>,
 ) -> Result<Json<EventOut>, ApiError> {

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_core::ApiJson;
-use herald_core::problem::ApiError;
+use herald_core::problem::{ApiError, ProblemDoc as Problem};
 use herald_router::job;
 use herald_router::subscription::{self, NewSubscription, SubscriptionOut, SubscriptionPatch};
 use serde::{Deserialize, Serialize};
@@ -37,20 +37,28 @@ pub fn router() -> Router<PlatformState> {
 }
 
 /// A list of subscriptions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionList)]
 pub struct List {
     /// The subscriptions.
     pub data: Vec<SubscriptionOut>,
 }
 
-async fn list(State(state): State<PlatformState>) -> Result<Json<List>, ApiError> {
+/// Every subscription, oldest first.
+#[utoipa::path(get, path = "/v1/subscriptions", operation_id = "listSubscriptions", tag = "subscriptions",
+    responses((status = 200, description = "OK", body = List)))]
+pub(crate) async fn list(State(state): State<PlatformState>) -> Result<Json<List>, ApiError> {
     let all = subscription::list(&state.store, false).await?;
     Ok(Json(List {
         data: all.iter().map(SubscriptionOut::from).collect(),
     }))
 }
 
-async fn create(
+/// Create a subscription; the answer includes its signing secret.
+#[utoipa::path(post, path = "/v1/subscriptions", operation_id = "createSubscription", tag = "subscriptions",
+    request_body = NewSubscription,
+    responses((status = 201, description = "Created", body = SubscriptionOut), (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create(
     State(state): State<PlatformState>,
     ApiJson(new): ApiJson<NewSubscription>,
 ) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
@@ -59,7 +67,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(SubscriptionOut::from(&created))))
 }
 
-async fn fetch(
+/// One subscription.
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", operation_id = "getSubscription", tag = "subscriptions", params(("id" = String, Path, description = "A `sub_…` id")),
+    responses((status = 200, description = "OK", body = SubscriptionOut), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn fetch(
     State(state): State<PlatformState>,
     Path(id): Path<String>,
 ) -> Result<Json<SubscriptionOut>, ApiError> {
@@ -68,7 +79,11 @@ async fn fetch(
     Ok(Json(SubscriptionOut::from(&found)))
 }
 
-async fn update(
+/// Change some fields; `enabled: true` turns a disabled subscription back on.
+#[utoipa::path(patch, path = "/v1/subscriptions/{id}", operation_id = "updateSubscription", tag = "subscriptions", params(("id" = String, Path, description = "A `sub_…` id")),
+    request_body = SubscriptionPatch,
+    responses((status = 200, description = "OK", body = SubscriptionOut), (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn update(
     State(state): State<PlatformState>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<SubscriptionPatch>,
@@ -79,7 +94,10 @@ async fn update(
     Ok(Json(SubscriptionOut::from(&updated)))
 }
 
-async fn remove(
+/// Delete a subscription and its dispatch jobs.
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}", operation_id = "deleteSubscription", tag = "subscriptions", params(("id" = String, Path, description = "A `sub_…` id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn remove(
     State(state): State<PlatformState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -90,7 +108,7 @@ async fn remove(
 }
 
 /// The body of a replay.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// RFC 3339: replay events received at or after this time.
@@ -98,13 +116,17 @@ pub struct ReplayRequest {
 }
 
 /// The answer to a replay.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     /// How many deliveries were queued.
     pub queued: u64,
 }
 
-async fn replay(
+/// Deliver again every event received since a time that the subscription wants.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", operation_id = "replaySubscription", tag = "subscriptions", params(("id" = String, Path, description = "A `sub_…` id")),
+    request_body = ReplayRequest,
+    responses((status = 202, description = "Accepted", body = Replayed), (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input; every problem is listed", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn replay(
     State(state): State<PlatformState>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<ReplayRequest>,

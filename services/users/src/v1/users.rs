@@ -10,7 +10,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use herald_core::problem::ApiError;
+use herald_core::problem::{ApiError, ProblemDoc as Problem};
 use serde::Deserialize;
 
 use crate::UsersState;
@@ -23,7 +23,15 @@ pub fn router() -> Router<UsersState> {
         .route("/users/{id}", get(one))
 }
 
-async fn one(
+/// One user's profile.
+#[utoipa::path(get, path = "/v1/users/{id}", operation_id = "getUser", tag = "users",
+    params(("id" = String, Path, description = "A `usr_…` id")),
+    responses(
+        (status = 200, description = "OK", body = Profile),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a user id", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn one(
     State(state): State<UsersState>,
     Path(id): Path<String>,
 ) -> Result<Json<Profile>, ApiError> {
@@ -34,12 +42,20 @@ async fn one(
 /// The query of the batch lookup.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchQuery {
+pub(crate) struct BatchQuery {
     /// Comma-separated user ids.
     ids: String,
 }
 
-async fn batch(
+/// Up to 100 profiles by id, in request order, and the ids not found.
+#[utoipa::path(get, path = "/v1/users", operation_id = "batchGetUsers", tag = "users",
+    params(("ids" = String, Query, description = "Comma-separated `usr_…` ids (1 to 100)")),
+    responses(
+        (status = 200, description = "OK", body = Batch),
+        (status = 400, description = "No `ids`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad ids; each is listed", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn batch(
     State(state): State<UsersState>,
     query: Result<Query<BatchQuery>, QueryRejection>,
 ) -> Result<Json<Batch>, ApiError> {
