@@ -15,3 +15,4 @@ mod serve;
 mod tidy;
 mod users;
 mod webhooks;
+mod webhooks_serve;

@@ -7,84 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::sink::{Mode, Sink};
-use crate::support::{Running, client, dev_admin_key, json_body, start_dev_with};
-
-/// Router settings that make retries and breaker probes quick enough for a test.
-const FAST_RETRIES: [(&str, &str); 6] = [
-    ("HERALD_ROUTER__POLL_INTERVAL", "50ms"),
-    ("HERALD_ROUTER__REQUEST_TIMEOUT", "500ms"),
-    ("HERALD_ROUTER__BACKOFF_BASE", "50ms"),
-    ("HERALD_ROUTER__BACKOFF_MAX", "1s"),
-    ("HERALD_ROUTER__BREAKER_COOLDOWN", "200ms"),
-    ("HERALD_ROUTER__BREAKER_MAX_COOLDOWN", "1s"),
-];
-
-struct Api {
-    herald: Running,
-    key: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, self.herald.at(path))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let content_type = if status >= 400 {
-            "application/problem+json"
-        } else {
-            "application/json"
-        };
-        (status, json_body(response, content_type).await)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.send(reqwest::Method::GET, path, None).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    /// Subscribes `sink` to `pattern`; the sink then checks signatures with its secret.
-    async fn subscribe(&self, sink: &Sink, pattern: &str, extra: Value) -> String {
-        let mut body = json!({"name": "test", "event_types": [pattern], "url": sink.url});
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        let (status, created) = self.post("/v1/subscriptions", body).await;
-        assert_eq!(status, 201, "{created}");
-        sink.expect_secret(created["secret"].as_str().unwrap());
-        created["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Posts `count` events of `event_type`, `keys` partition keys round-robin, each with its
-    /// sequence number within its key in `data.seq`.
-    async fn publish(&self, event_type: &str, first: u64, count: u64, keys: u64) {
-        let mut n = first;
-        while n < first + count {
-            let batch: Vec<Value> = (n..(n + 1000).min(first + count))
-                .map(|i| {
-                    json!({"specversion": "1.0", "id": format!("{event_type}-{i}"),
-                           "source": "/test", "type": event_type,
-                           "partitionkey": format!("key-{}", i % keys),
-                           "data": {"seq": i / keys}})
-                })
-                .collect();
-            n += batch.len() as u64;
-            let (status, body) = self.post("/v1/events", Value::Array(batch)).await;
-            assert_eq!(status, 202, "{body}");
-        }
-    }
-}
+use crate::support::webhooks::{Api, FAST_RETRIES, assert_in_order_per_key, wait_until_settled};
+use crate::support::{client, dev_admin_key, start_dev_with};
 
 fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Api {
     let herald = start_dev_with(dir, env);
@@ -93,18 +17,6 @@ fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Api {
         herald,
         http: client(),
     }
-}
-
-/// Every key's first arrivals are in publish order.
-fn assert_in_order_per_key(sink: &Sink) {
-    sink.seen(|seen| {
-        for (key, seqs) in &seen.per_key {
-            assert!(
-                seqs.windows(2).all(|w| w[0] < w[1]),
-                "key {key} arrived out of order: {seqs:?}"
-            );
-        }
-    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,47 +57,39 @@ async fn fifo_deliveries_arrive_signed_in_order_and_survive_an_outage() {
     sink.wait_for(5100, Duration::from_secs(120)).await;
     sink.seen(|seen| assert!(seen.bad_signatures.is_empty(), "{:?}", seen.bad_signatures));
     assert_in_order_per_key(&sink);
+    wait_until_settled(&api, Duration::from_secs(60)).await;
 
     // The attempts are visible in the API: each failure kind, then the delivery.
     let mut statuses = Vec::new();
     let mut timeouts = 0;
     let mut retry_after_held = false;
-    let mut cursor: Option<String> = None;
-    for _ in 0..100 {
-        let mut path = format!("/v1/dispatch-jobs?subscription_id={subscription}&limit=500");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let page = api.get(&path).await;
-        for job in page["data"].as_array().unwrap() {
-            assert_eq!(job["status"], "delivered", "{job}");
-            let attempts = job["attempts"].as_array().unwrap();
-            let last = attempts.last().unwrap();
-            assert_eq!(last["outcome"], "delivered", "{job}");
-            for pair in attempts.windows(2) {
-                if pair[0]["status_code"] == 429 {
-                    let gap = millis(&pair[1]["started_at"]) - millis(&pair[0]["started_at"]);
-                    retry_after_held |= gap >= 1000;
-                    assert!(
-                        gap >= 1000,
-                        "a retry came {gap} ms after a 429 with Retry-After: 1"
-                    );
-                }
-            }
-            for attempt in attempts {
-                match attempt["status_code"].as_u64() {
-                    Some(code) => statuses.push(code),
-                    None => {
-                        let error = attempt["error"].as_str().unwrap();
-                        assert!(error.contains("did not answer in time"), "{error}");
-                        timeouts += 1;
-                    }
-                }
+    let jobs = api
+        .jobs(&format!("subscription_id={subscription}&limit=500"))
+        .await;
+    for job in &jobs {
+        assert_eq!(job["status"], "delivered", "{job}");
+        let attempts = job["attempts"].as_array().unwrap();
+        let last = attempts.last().unwrap();
+        assert_eq!(last["outcome"], "delivered", "{job}");
+        for pair in attempts.windows(2) {
+            if pair[0]["status_code"] == 429 {
+                let gap = millis(&pair[1]["started_at"]) - millis(&pair[0]["started_at"]);
+                retry_after_held |= gap >= 1000;
+                assert!(
+                    gap >= 1000,
+                    "a retry came {gap} ms after a 429 with Retry-After: 1"
+                );
             }
         }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
+        for attempt in attempts {
+            match attempt["status_code"].as_u64() {
+                Some(code) => statuses.push(code),
+                None => {
+                    let error = attempt["error"].as_str().unwrap();
+                    assert!(error.contains("did not answer in time"), "{error}");
+                    timeouts += 1;
+                }
+            }
         }
     }
     assert!(statuses.contains(&500), "no 500 attempt recorded");

@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub(crate) mod sink;
+pub(crate) mod webhooks;
 
 /// How long a started binary may take to say where it listens.
 const START_DEADLINE: Duration = Duration::from_secs(30);
