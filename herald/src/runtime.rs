@@ -289,5 +289,6 @@ fn router_options(config: &Config) -> herald_router::EngineOptions {
             cooldown: section.breaker_cooldown.0,
             max_cooldown: section.breaker_max_cooldown.0,
         },
+        retention: section.retention.0,
     }
 }

@@ -46,6 +46,13 @@ use crate::pool::{self, Pool};
 use crate::sql::now_ms;
 use crate::subscription::{self, Subscription};
 
+/// How often finished jobs past the retention are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// Rows deleted per statement when purging.
+const PURGE_BATCH: u32 = 1000;
+/// Batches per purge round.
+const PURGE_BATCHES: u32 = 10;
+
 /// The router's settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -59,6 +66,9 @@ pub struct EngineOptions {
     pub backoff: Backoff,
     /// Circuit breaker settings, per subscription.
     pub breaker: BreakerOptions,
+    /// How long finished jobs (delivered or dead), their attempts and the events no job needs
+    /// are kept; also how far back a replay can reach.
+    pub retention: Duration,
 }
 
 impl Default for EngineOptions {
@@ -69,6 +79,7 @@ impl Default for EngineOptions {
             request_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
             breaker: BreakerOptions::default(),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -142,9 +153,14 @@ impl Engine {
         let mut refreshed: Option<Instant> = None;
         let mut tasks = JoinSet::new();
         let mut start = 0_usize;
+        let mut purged: Option<Instant> = None;
         tracing::info!("the router is delivering");
         loop {
             while tasks.try_join_next().is_some() {}
+            if purged.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
+                self.purge().await;
+                purged = Some(Instant::now());
+            }
             if refreshed.is_none_or(|at| at.elapsed() >= self.options.refresh) {
                 self.refresh(&mut pools, &mut subs).await;
                 refreshed = Some(Instant::now());
@@ -188,6 +204,41 @@ impl Engine {
         tracing::info!(in_flight = tasks.len(), "the router is stopping");
         while tasks.join_next().await.is_some() {}
         Ok(())
+    }
+
+    /// Deletes what the retention no longer keeps, at most [`PURGE_BATCHES`] batches at a
+    /// time so deliveries are not held up; what is left goes at the next interval.
+    async fn purge(&self) {
+        let retention_ms = i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX);
+        let before = now_ms().saturating_sub(retention_ms);
+        let mut total = job::Purged::default();
+        for _ in 0..PURGE_BATCHES {
+            match job::purge(&self.store, before, PURGE_BATCH).await {
+                Ok(purged) => {
+                    total.jobs += purged.jobs;
+                    total.events += purged.events;
+                    if purged.jobs < u64::from(PURGE_BATCH)
+                        && purged.events < u64::from(PURGE_BATCH)
+                    {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        error = herald_core::error_chain(&err),
+                        "cannot purge old dispatch jobs"
+                    );
+                    break;
+                }
+            }
+        }
+        if total != job::Purged::default() {
+            tracing::info!(
+                jobs = total.jobs,
+                events = total.events,
+                "purged old dispatch jobs and events"
+            );
+        }
     }
 
     /// Re-reads pools and subscriptions; keeps breakers, counters and buckets of those that

@@ -10,6 +10,8 @@
 //!   time, in order, and a retrying group holds back only itself.
 //! - The API [`list`]s jobs with their attempts, [`retry`]s one, and [`replay`]s a
 //!   subscription's events since a time.
+//! - [`purge`] deletes finished jobs (delivered or dead) and the events no job needs any
+//!   more once they are older than the retention, in bounded batches.
 
 use herald_core::id::{DispatchJobId, SubscriptionId};
 use herald_core::problem::{ApiError, FieldError};
@@ -133,11 +135,14 @@ pub async fn claim(
     }
     let now = now_ms();
     let lease = Uuid::now_v7();
+    // `status IN (…)` repeats the partial index's condition, so both engines walk only the
+    // subscription's unfinished jobs, in `next_attempt_at` order, never the finished ones.
     let statement = |lock: &str| {
         format!(
             "UPDATE herald_dispatch_jobs SET status = 'delivering', lease = $3, locked_until = $4, \
              updated_at = $1 WHERE seq IN (\
                SELECT j.seq FROM herald_dispatch_jobs j WHERE j.subscription_id = $2 \
+               AND j.status IN ('pending', 'delivering') \
                AND ((j.status = 'pending' AND j.next_attempt_at <= $1) \
                  OR (j.status = 'delivering' AND j.locked_until <= $1)) \
                AND (j.group_key IS NULL OR NOT EXISTS (\
@@ -645,4 +650,35 @@ pub async fn replay_subscription(
 ) -> Result<u64, ApiError> {
     let subscription = subscription::get(store, id).await?;
     replay(store, &subscription, since).await
+}
+
+/// What one [`purge`] call deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Finished jobs (with their attempts).
+    pub jobs: u64,
+    /// Events no job refers to.
+    pub events: u64,
+}
+
+/// Deletes up to `batch` finished jobs (delivered or dead) last changed before `before` (epoch
+/// ms), with their attempts, and up to `batch` events received before `before` that no job
+/// refers to. Pending jobs and the events they deliver are never touched. Call it again while
+/// it deletes full batches.
+pub async fn purge(store: &Store, before: i64, batch: u32) -> Result<Purged, sqlx::Error> {
+    let batch = i64::from(batch.max(1));
+    let jobs = "DELETE FROM herald_dispatch_jobs WHERE seq IN (\
+                  SELECT seq FROM herald_dispatch_jobs \
+                  WHERE status IN ('delivered', 'dead') AND updated_at < $1 \
+                  ORDER BY seq LIMIT $2)";
+    let events = "DELETE FROM herald_dispatch_events WHERE event_id IN (\
+                    SELECT e.event_id FROM herald_dispatch_events e WHERE e.received_at < $1 \
+                    AND NOT EXISTS (SELECT 1 FROM herald_dispatch_jobs j WHERE j.event_id = e.event_id) \
+                    ORDER BY e.received_at LIMIT $2)";
+    let (jobs, events) = on_store!(store, pool, sql => {
+        let jobs = sqlx::query(sql(jobs)).bind(before).bind(batch).execute(pool).await?.rows_affected();
+        let events = sqlx::query(sql(events)).bind(before).bind(batch).execute(pool).await?.rows_affected();
+        (jobs, events)
+    });
+    Ok(Purged { jobs, events })
 }

@@ -449,7 +449,7 @@ mod tests {
     #[test]
     fn delivery_settings_are_checked_together() {
         let f = file(
-            "store.url = \"sqlite::memory:\"\n[router]\npoll_interval = \"1ms\"\nbackoff_base = \"10s\"\nbackoff_max = \"5s\"\nbreaker_threshold = 0\n[dispatcher]\nconcurrency = 0\ntopic = \"bad topic\"\n",
+            "store.url = \"sqlite::memory:\"\n[router]\npoll_interval = \"1ms\"\nbackoff_base = \"10s\"\nbackoff_max = \"5s\"\nbreaker_threshold = 0\nretention = \"10m\"\n[dispatcher]\nconcurrency = 0\ntopic = \"bad topic\"\n",
         );
         let found = problems(load(toml::Table::new(), Some(f.path()), env(&[])));
         let mut keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
@@ -462,6 +462,7 @@ mod tests {
                 "router.backoff_max",
                 "router.breaker_threshold",
                 "router.poll_interval",
+                "router.retention",
             ],
             "{found:#?}"
         );

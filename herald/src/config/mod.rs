@@ -184,6 +184,9 @@ pub struct RouterSection {
     pub breaker_cooldown: HumanDuration,
     /// The longest an open breaker waits (breaker_cooldown to 24h).
     pub breaker_max_cooldown: HumanDuration,
+    /// How long delivered and dead jobs, their attempts and delivered events are kept, and so
+    /// how far back a replay reaches (1h to 8760h).
+    pub retention: HumanDuration,
 }
 
 impl Default for RouterSection {
@@ -197,6 +200,7 @@ impl Default for RouterSection {
             breaker_threshold: 5,
             breaker_cooldown: HumanDuration(Duration::from_secs(5)),
             breaker_max_cooldown: HumanDuration(Duration::from_secs(300)),
+            retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -536,6 +540,13 @@ fn check_router(section: &RouterSection, sources: &Sources, problems: &mut Vec<P
             ms(100),
             secs(3600),
             "100ms and 1h",
+        ),
+        (
+            "router.retention",
+            section.retention.0,
+            secs(3600),
+            secs(365 * 24 * 3600),
+            "1h and 8760h",
         ),
     ];
     for (key, value, low, high, text) in ranges {

@@ -28,6 +28,7 @@ fn fast() -> EngineOptions {
             cooldown: Duration::from_millis(100),
             max_cooldown: Duration::from_millis(200),
         },
+        retention: Duration::from_secs(3600),
     }
 }
 

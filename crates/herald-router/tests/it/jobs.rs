@@ -158,7 +158,57 @@ async fn a_retried_dead_job_gets_a_fresh_budget(db: TestDb) {
     assert_eq!(refused.status(), 409);
 }
 
+async fn purge_removes_only_finished_jobs_and_unneeded_events(db: TestDb) {
+    migrate(&db).await;
+    let store = db.store();
+    let sub = subscribe(store, "test.*", "http://127.0.0.1:9/hook", false, 5).await;
+    let subs = [(sub.id, false)];
+    for id in ["done-1", "done-2", "waiting"] {
+        dispatch(store, id, None, &subs).await;
+    }
+    let claimed = job::claim(store, sub.id, 3, 60_000).await.unwrap();
+    for job in &claimed {
+        let next = if job.event_id == "waiting" {
+            Next::RetryAt(i64::MAX / 2)
+        } else {
+            Next::Delivered
+        };
+        assert!(
+            job::finish(store, job, &delivered_at(1), next)
+                .await
+                .unwrap()
+        );
+    }
+    let all = Filter {
+        limit: 10,
+        ..Filter::default()
+    };
+    // Nothing is old enough yet.
+    let none = job::purge(store, 0, 10).await.unwrap();
+    assert_eq!(none, job::Purged::default());
+    assert_eq!(job::list(store, &all).await.unwrap().data.len(), 3);
+
+    // Batches are bounded; then the finished jobs go, and their events with them.
+    let cutoff = i64::MAX / 4;
+    let first = job::purge(store, cutoff, 1).await.unwrap();
+    assert_eq!(first.jobs, 1);
+    let second = job::purge(store, cutoff, 10).await.unwrap();
+    assert_eq!(second.jobs, 1);
+    assert_eq!(first.events + second.events, 2);
+    let left = job::list(store, &all).await.unwrap().data;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event_id, "waiting");
+    assert_eq!(left[0].status, Status::Pending);
+    assert!(job::event_body(store, "waiting").await.unwrap().is_some());
+    assert!(job::event_body(store, "done-1").await.unwrap().is_none());
+    assert_eq!(
+        job::purge(store, cutoff, 10).await.unwrap(),
+        job::Purged::default()
+    );
+}
+
 on_both_stores!(
+    purge_removes_only_finished_jobs_and_unneeded_events,
     a_fifo_group_releases_its_jobs_one_at_a_time,
     an_expired_lease_is_claimed_again_and_the_old_holder_is_fenced,
     a_retried_dead_job_gets_a_fresh_budget,
