@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use herald_core::id::SubscriptionId;
 use herald_store::Store;
+use herald_telemetry::metrics::{PoolLabels, WebhookLabels, metrics};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -389,8 +390,23 @@ impl Engine {
         let breaker = sub.breaker.clone();
         let counters = [pool.in_flight.clone(), sub.in_flight.clone()];
         let wake = self.wake.clone();
+        let labels = PoolLabels {
+            pool: pool.pool.code.clone(),
+        };
         async move {
-            attempt(&store, &mediator, backoff, &subscription, &breaker, &job).await;
+            let in_flight = metrics().webhook_in_flight.get_or_create(&labels).clone();
+            in_flight.inc();
+            attempt(
+                &store,
+                &mediator,
+                backoff,
+                &subscription,
+                &breaker,
+                &job,
+                &labels,
+            )
+            .await;
+            in_flight.dec();
             for counter in counters {
                 counter.fetch_sub(1, Ordering::SeqCst);
             }
@@ -460,6 +476,7 @@ async fn attempt(
     subscription: &Subscription,
     breaker: &Mutex<Breaker>,
     job: &Claimed,
+    pool: &PoolLabels,
 ) {
     let started_at = now_ms();
     let body = match job::event_body(store, &job.event_id).await {
@@ -528,6 +545,21 @@ async fn attempt(
             ("failed", next_after(backoff, used, subscription, None))
         }
     };
+    let metrics = metrics();
+    metrics
+        .webhook_attempts
+        .get_or_create(&WebhookLabels {
+            pool: pool.pool.clone(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+    metrics
+        .webhook_duration
+        .get_or_create(pool)
+        .observe(answer.latency.as_secs_f64());
+    if next == Next::Dead {
+        metrics.webhook_dead.get_or_create(pool).inc();
+    }
     if next == Next::Dead && outcome != "gone" {
         tracing::warn!(
             job_id = %job.id,

@@ -18,6 +18,13 @@
 //! | `herald_outbox_failed_rows` | gauge (outbox rows set aside as failed) | — |
 //! | `herald_inbox_processed_total` | counter (deliveries settled by a consumer) | `consumer`, `outcome` (`done`, `duplicate`, `skipped`, `retry`, `dead`) |
 //! | `herald_inbox_handler_duration_seconds` | histogram (handler run, not counting the commit) | `consumer` |
+//! | `herald_webhook_attempts_total` | counter (webhook requests made) | `pool`, `outcome` (`delivered`, `retry`, `failed`, `gone`) |
+//! | `herald_webhook_attempt_duration_seconds` | histogram (request to answer, or to failure) | `pool` |
+//! | `herald_webhook_dead_total` | counter (deliveries given up on) | `pool` |
+//! | `herald_webhook_in_flight` | gauge (webhook requests under way) | `pool` |
+//!
+//! Pool codes are created by operators through the admin API, so the `pool` label stays small;
+//! subscriptions and endpoints are never labels.
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -75,6 +82,22 @@ pub struct ConsumerLabels {
     pub consumer: String,
 }
 
+/// Labels of a webhook attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The delivery pool's code.
+    pub pool: String,
+    /// `delivered`, `retry`, `failed` or `gone`.
+    pub outcome: String,
+}
+
+/// Labels of per-pool webhook metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The delivery pool's code.
+    pub pool: String,
+}
+
 /// The metrics themselves. Get the process-wide set with [`metrics`].
 #[derive(Debug)]
 pub struct Metrics {
@@ -101,6 +124,14 @@ pub struct Metrics {
     pub inbox_processed: Family<InboxLabels, Counter>,
     /// `herald_inbox_handler_duration_seconds`.
     pub inbox_handler_duration: Family<ConsumerLabels, Histogram>,
+    /// `herald_webhook_attempts_total`.
+    pub webhook_attempts: Family<WebhookLabels, Counter>,
+    /// `herald_webhook_attempt_duration_seconds`.
+    pub webhook_duration: Family<PoolLabels, Histogram>,
+    /// `herald_webhook_dead_total`.
+    pub webhook_dead: Family<PoolLabels, Counter>,
+    /// `herald_webhook_in_flight`.
+    pub webhook_in_flight: Family<PoolLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -194,6 +225,34 @@ impl Metrics {
             inbox_handler_duration.clone(),
         );
 
+        let webhook_attempts = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook requests made, by pool and outcome",
+            webhook_attempts.clone(),
+        );
+        let webhook_duration = Family::<PoolLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "webhook_attempt_duration",
+            "Time from sending a webhook request to its answer or failure",
+            prometheus_client::registry::Unit::Seconds,
+            webhook_duration.clone(),
+        );
+        let webhook_dead = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "webhook_dead",
+            "Webhook deliveries given up on (max_attempts reached, or 410 Gone)",
+            webhook_dead.clone(),
+        );
+        let webhook_in_flight = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "webhook_in_flight",
+            "Webhook requests under way",
+            webhook_in_flight.clone(),
+        );
+
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -212,6 +271,10 @@ impl Metrics {
             outbox_failed_rows,
             inbox_processed,
             inbox_handler_duration,
+            webhook_attempts,
+            webhook_duration,
+            webhook_dead,
+            webhook_in_flight,
         }
     }
 }
@@ -252,6 +315,13 @@ mod tests {
             })
             .observe(0.003);
         metrics().outbox_batch_size.observe(3.0);
+        metrics()
+            .webhook_attempts
+            .get_or_create(&WebhookLabels {
+                pool: "default".into(),
+                outcome: "delivered".into(),
+            })
+            .inc();
         let text = encode();
         for name in [
             "herald_build_info{version=",
@@ -264,6 +334,7 @@ mod tests {
             "# TYPE herald_outbox_lag_seconds gauge",
             "herald_outbox_publish_failures_total 0",
             "herald_outbox_failed_rows 0",
+            "herald_webhook_attempts_total{pool=\"default\",outcome=\"delivered\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in:\n{text}");
         }

@@ -8,7 +8,7 @@ use herald_broker::{Broker, SubscribeOptions};
 use herald_store::{Store, StoreOptions};
 use serde_json::json;
 
-use crate::support::{client, dev_admin_key, json_body, start_dev};
+use crate::support::{client, dev_admin_key, get_text, json_body, start_dev};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_posted_to_herald_dev_reaches_the_queue() {
@@ -81,14 +81,7 @@ async fn an_event_posted_to_herald_dev_reaches_the_queue() {
     delivery.ack().await.unwrap();
 
     // The relay's work shows in the metrics.
-    let metrics = http
-        .get(herald.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &herald.at("/metrics")).await;
     let relayed = metrics
         .lines()
         .find(|line| line.starts_with("herald_outbox_relayed_total "))

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::support::{client, dev_admin_key, json_body, start_dev};
+use crate::support::{client, dev_admin_key, get_text, json_body, start_dev};
 
 /// Every `$ref` in `value`.
 fn refs(value: &Value, found: &mut Vec<String>) {
@@ -126,13 +126,6 @@ async fn the_description_is_complete_and_true() {
         .unwrap();
     assert_eq!(script.status(), 200);
     assert!(script.bytes().await.unwrap().len() > 100_000);
-    let initializer = http
-        .get(herald.at("/docs/swagger-initializer.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let initializer = get_text(&http, &herald.at("/docs/swagger-initializer.js")).await;
     assert!(initializer.contains("/openapi.json"), "{initializer}");
 }

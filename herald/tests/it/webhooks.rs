@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::sink::{Mode, Sink};
 use crate::support::webhooks::{Api, FAST_RETRIES, assert_in_order_per_key, wait_until_settled};
-use crate::support::{client, dev_admin_key, start_dev_with};
+use crate::support::{client, dev_admin_key, get_text, start_dev_with};
 
 fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Api {
     let herald = start_dev_with(dir, env);
@@ -98,6 +98,22 @@ async fn fifo_deliveries_arrive_signed_in_order_and_survive_an_outage() {
     assert!(retry_after_held, "no retry after a 429 was seen");
     let delivered = statuses.iter().filter(|&&c| c == 204).count();
     assert!(delivered >= 5100, "{delivered} delivered attempts recorded");
+
+    // The same story in the metrics.
+    let text = get_text(&api.http, &api.herald.at("/metrics")).await;
+    let count = |outcome: &str| -> u64 {
+        let prefix =
+            format!("herald_webhook_attempts_total{{pool=\"default\",outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(count("delivered"), delivered as u64, "{text}");
+    assert!(count("retry") > 0, "{text}");
+    assert!(
+        text.contains("herald_webhook_in_flight{pool=\"default\"} 0"),
+        "{text}"
+    );
 }
 
 fn millis(rfc3339: &Value) -> i64 {

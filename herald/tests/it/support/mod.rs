@@ -168,6 +168,13 @@ pub(crate) fn client() -> reqwest::Client {
         .expect("the HTTP client builds")
 }
 
+/// The body of `GET url` as text, asserting a 200.
+pub(crate) async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    let response = http.get(url).send().await.expect("the request is sent");
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.text().await.expect("the body is text")
+}
+
 /// The response body parsed as JSON, asserting the content type starts with `content_type`.
 pub(crate) async fn json_body(
     response: reqwest::Response,
