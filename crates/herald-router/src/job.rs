@@ -13,6 +13,8 @@
 //! - [`purge`] deletes finished jobs (delivered or dead) and the events no job needs any
 //!   more once they are older than the retention, in bounded batches.
 
+use std::collections::HashMap;
+
 use herald_core::id::{DispatchJobId, SubscriptionId};
 use herald_core::problem::{ApiError, FieldError};
 use herald_inbox::Tx;
@@ -423,10 +425,12 @@ pub async fn list(store: &Store, filter: &Filter) -> Result<Page, ApiError> {
     } else {
         None
     };
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.1).collect();
+    let mut attempts = attempts_of(store, &ids).await?;
     let mut data = Vec::with_capacity(rows.len());
     for row in rows {
-        let attempts = attempts_of(store, row.1).await?;
-        data.push(job_out(row, attempts)?);
+        let of_job = attempts.remove(&row.1).unwrap_or_default();
+        data.push(job_out(row, of_job)?);
     }
     Ok(Page { data, next_cursor })
 }
@@ -462,32 +466,58 @@ fn job_out(row: JobRow, attempts: Vec<AttemptOut>) -> Result<JobOut, ApiError> {
     })
 }
 
-type AttemptRow = (i32, i64, Option<i32>, i64, String, Option<String>);
+type AttemptRow = (Uuid, i32, i64, Option<i32>, i64, String, Option<String>);
 
-async fn attempts_of(store: &Store, job: Uuid) -> Result<Vec<AttemptOut>, ApiError> {
-    let rows: Vec<AttemptRow> = on_store!(store, pool, sql => {
-        sqlx::query_as(sql(
-            "SELECT number, started_at, status_code, latency_ms, outcome, error \
-             FROM herald_dispatch_attempts WHERE job_id = $1 ORDER BY number",
-        ))
-        .bind(job)
-        .fetch_all(pool)
-        .await
-        .map_err(ApiError::internal)?
-    });
-    Ok(rows
-        .into_iter()
-        .map(
-            |(number, started, code, latency, outcome, error)| AttemptOut {
-                number: u32::try_from(number).unwrap_or(0),
-                started_at: rfc3339(started),
-                status_code: code.and_then(|c| u16::try_from(c).ok()),
-                latency_ms: latency,
-                outcome,
-                error,
-            },
-        )
-        .collect())
+/// The attempts of `jobs`, each job's oldest first, in one query for the whole page.
+async fn attempts_of(
+    store: &Store,
+    jobs: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<AttemptOut>>, ApiError> {
+    if jobs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    const COLUMNS: &str = "job_id, number, started_at, status_code, latency_ms, outcome, error";
+    let rows: Vec<AttemptRow> = match store {
+        Store::Postgres(pool) => {
+            let text = format!(
+                "SELECT {COLUMNS} FROM herald_dispatch_attempts WHERE job_id = ANY($1) \
+                 ORDER BY job_id, number"
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(text))
+                .bind(jobs)
+                .fetch_all(pool)
+                .await
+                .map_err(ApiError::internal)?
+        }
+        Store::Sqlite(pool) => {
+            // Only placeholders are formatted into the statement; the ids are bound.
+            let placeholders = (1..=jobs.len())
+                .map(|n| format!("?{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let text = format!(
+                "SELECT {COLUMNS} FROM herald_dispatch_attempts WHERE job_id IN ({placeholders}) \
+                 ORDER BY job_id, number"
+            );
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(text));
+            for job in jobs {
+                query = query.bind(*job);
+            }
+            query.fetch_all(pool).await.map_err(ApiError::internal)?
+        }
+    };
+    let mut by_job: HashMap<Uuid, Vec<AttemptOut>> = HashMap::new();
+    for (job, number, started, code, latency, outcome, error) in rows {
+        by_job.entry(job).or_default().push(AttemptOut {
+            number: u32::try_from(number).unwrap_or(0),
+            started_at: rfc3339(started),
+            status_code: code.and_then(|c| u16::try_from(c).ok()),
+            latency_ms: latency,
+            outcome,
+            error,
+        });
+    }
+    Ok(by_job)
 }
 
 /// One job: 404 when there is none.
@@ -504,7 +534,10 @@ pub async fn get(store: &Store, id: DispatchJobId) -> Result<JobOut, ApiError> {
             .map_err(ApiError::internal)?
     });
     let row = row.ok_or_else(|| ApiError::not_found(format!("there is no dispatch job {id}")))?;
-    let attempts = attempts_of(store, row.1).await?;
+    let attempts = attempts_of(store, &[row.1])
+        .await?
+        .remove(&row.1)
+        .unwrap_or_default();
     job_out(row, attempts)
 }
 
