@@ -1,25 +1,13 @@
 //! Running one statement text on either engine.
 //!
-//! Statements are written once, with PostgreSQL's `$1` placeholders; on SQLite they become
-//! `?1` (the same numbered form). Times are epoch milliseconds ([`now_ms`]) on both engines.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! The engine-neutral helpers live in [`herald_store::sql`]; these are the router's own: times
+//! as RFC 3339 for answers, and [`on_tx!`] for a consumer's transaction.
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// The statement for SQLite: `$N` placeholders become `?N`. Statements never contain `$`
-/// otherwise.
-pub(crate) fn for_sqlite(sql: &str) -> String {
-    sql.replace('$', "?")
-}
-
-/// Milliseconds since the Unix epoch, from this machine's clock.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use herald_store::on_store;
+pub(crate) use herald_store::sql::{for_sqlite, now_ms};
 
 /// `ms` as RFC 3339 text, for answers (UTC, millisecond precision).
 pub(crate) fn rfc3339(ms: i64) -> String {
@@ -33,23 +21,6 @@ pub(crate) fn rfc3339(ms: i64) -> String {
 pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
     let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-/// Evaluates `$body` with `$pool` the engine's pool and `$sql` a function from statement text
-/// to what the engine runs.
-macro_rules! on_store {
-    ($store:expr, $pool:ident, $sql:ident => $body:expr) => {
-        match $store {
-            herald_store::Store::Postgres($pool) => {
-                let $sql = |text: &str| sqlx::AssertSqlSafe(text.to_owned());
-                $body
-            }
-            herald_store::Store::Sqlite($pool) => {
-                let $sql = |text: &str| sqlx::AssertSqlSafe($crate::sql::for_sqlite(text));
-                $body
-            }
-        }
-    };
 }
 
 /// [`on_store!`] for a consumer's transaction ([`herald_inbox::Tx`]): `$conn` is the
@@ -69,19 +40,11 @@ macro_rules! on_tx {
     };
 }
 
-pub(crate) use {on_store, on_tx};
+pub(crate) use on_tx;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_become_numbered_question_marks() {
-        assert_eq!(
-            for_sqlite("SELECT a FROM t WHERE b = $1 AND c < $2"),
-            "SELECT a FROM t WHERE b = ?1 AND c < ?2"
-        );
-    }
 
     #[test]
     fn times_print_and_parse_as_rfc3339() {

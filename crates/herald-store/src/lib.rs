@@ -17,6 +17,7 @@
 
 pub mod migrate;
 pub mod scratch;
+pub mod sql;
 
 use std::str::FromStr;
 use std::time::Duration;
