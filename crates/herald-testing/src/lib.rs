@@ -5,6 +5,10 @@
 //! - [`TestDb`] makes a fresh PostgreSQL database (`herald_test_<random>`, dropped afterwards)
 //!   or a SQLite file in a temporary directory, so tests run in parallel without sharing rows.
 //! - [`unique_name`] makes topic, stream and key-prefix names no other test uses.
+//! - [`server::PrivateServer`] runs a broker of a test's own on a private port, to kill and
+//!   restart it.
+
+pub mod server;
 
 use herald_store::{Store, StoreOptions};
 
