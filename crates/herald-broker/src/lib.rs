@@ -17,9 +17,20 @@
 //!   an ack is moved to the group's dead-letter store with its last error, and the next message
 //!   of its key is released.
 //!
-//! Where a backend cannot keep one of these, its module says so.
+//! Where a backend cannot keep one of these, its module says so. How the consumers of one
+//! group divide the work is [`Broker::sharing`]: message by message on the embedded queue, by
+//! partition on the real brokers ([`log`]).
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod log;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -87,7 +98,7 @@ pub enum BrokerError {
     #[error("{0}")]
     Invalid(String),
     /// A database error in the embedded backend.
-    #[error("the embedded queue's database failed")]
+    #[error("the broker's database failed")]
     Store(#[from] sqlx::Error),
 }
 
@@ -118,6 +129,23 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Checks that the broker answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// How the consumers of one group share its messages.
+    fn sharing(&self) -> Sharing {
+        Sharing::Messages
+    }
+}
+
+/// How the consumers of one group share its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Any consumer of the group may receive any message (the embedded queue): one consumer
+    /// can hold many messages while the others get the rest.
+    Messages,
+    /// A topic has a fixed number of partitions (a message's is chosen by its key, or by its
+    /// id when it has none) and each partition is owned by one consumer of the group at a
+    /// time, so a group uses at most that many consumers. The real brokers work this way.
+    Partitions,
 }
 
 /// One consumer's membership in a group.
@@ -129,6 +157,14 @@ pub trait Subscription: Send + fmt::Debug {
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, BrokerError>>;
+
+    /// Leaves the group now, giving back what this consumer holds, and returns once that is
+    /// done (or failed: what it held then comes back after its timeouts). Dropping a
+    /// subscription leaves too, but in the background, which may be too late when the process
+    /// is stopping. Receiving after `close` is not supported. The default does nothing.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// What a backend does to settle one delivery.

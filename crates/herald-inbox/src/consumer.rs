@@ -332,6 +332,8 @@ impl Consumer {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        // Give back the partitions or messages held now, while the store is still open.
+        subscription.close().await;
         tracing::info!(consumer = %options.name, "inbox consumer stopped");
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_broker::{
-    Broker, BrokerError, Delivery, Message, Nacked, SubscribeOptions, Subscription,
+    Broker, BrokerError, Delivery, Message, Nacked, Sharing, SubscribeOptions, Subscription,
 };
 use herald_testing::unique_name;
 
@@ -146,6 +146,9 @@ pub(crate) async fn every_group_receives_every_message(broker: Arc<dyn Broker>) 
 
 /// Case 2b: Consumers of one group share its messages: each goes to one of them.
 pub(crate) async fn consumers_of_a_group_share_its_messages(broker: Arc<dyn Broker>) {
+    if broker.sharing() == Sharing::Partitions {
+        return consumers_of_a_group_share_its_partitions(broker).await;
+    }
     let (topic, group) = names();
     let mut a = broker
         .subscribe(&topic, &group, SubscribeOptions::default())
@@ -176,6 +179,69 @@ pub(crate) async fn consumers_of_a_group_share_its_messages(broker: Arc<dyn Brok
     for delivery in held_by_a.into_iter().chain(held_by_b) {
         delivery.ack().await.unwrap();
     }
+}
+
+/// Case 2b where a group shares partitions: two consumers both get messages once the
+/// partitions are divided between them, and every message goes to exactly one of them.
+async fn consumers_of_a_group_share_its_partitions(broker: Arc<dyn Broker>) {
+    let (topic, group) = names();
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        subs.push(
+            broker
+                .subscribe(&topic, &group, SubscribeOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    // Batches of key-less messages (spread over partitions by id) until both consumers have
+    // had some: the partitions are divided a moment after the second consumer joins.
+    let mut published = 0usize;
+    let mut got: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    let deadline = Instant::now() + PATIENCE;
+    for round in 0..MAX_RECEIVES {
+        assert!(
+            Instant::now() < deadline,
+            "both consumers should get messages; got {} and {} of {published}",
+            got[0].len(),
+            got[1].len()
+        );
+        let batch: Vec<Message> = (0..10)
+            .map(|i| message(&format!("r{round}-m{i}"), None, b"x"))
+            .collect();
+        broker.publish(&topic, &batch).await.unwrap();
+        published += batch.len();
+        for (index, sub) in subs.iter_mut().enumerate() {
+            for delivery in sub.receive(10, Duration::from_millis(100)).await.unwrap() {
+                got[index].push(delivery.message.id.clone());
+                delivery.ack().await.unwrap();
+            }
+        }
+        if !got[0].is_empty() && !got[1].is_empty() {
+            break;
+        }
+    }
+    // Then everything published arrives, each message at one consumer only.
+    for _ in 0..MAX_RECEIVES {
+        if got[0].len() + got[1].len() >= published || Instant::now() >= deadline {
+            break;
+        }
+        for (index, sub) in subs.iter_mut().enumerate() {
+            for delivery in sub.receive(10, Duration::from_millis(100)).await.unwrap() {
+                got[index].push(delivery.message.id.clone());
+                delivery.ack().await.unwrap();
+            }
+        }
+    }
+    let mut all: Vec<&String> = got.iter().flatten().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        published,
+        "every message came, none to both consumers"
+    );
+    assert_eq!(got[0].len() + got[1].len(), published, "none came twice");
 }
 
 /// Case 3: A nacked message comes back after the delay, counted.
@@ -435,16 +501,24 @@ pub(crate) async fn per_key_order_under_concurrent_consumers(broker: Arc<dyn Bro
 }
 
 /// Case 7: A key whose head is held back does not hold back other keys or key-less messages.
+///
+/// Where a group shares partitions, one consumer does both parts: a second would own other
+/// partitions and could not be asked for these keys.
 pub(crate) async fn a_held_key_does_not_block_others(broker: Arc<dyn Broker>) {
     let (topic, group) = names();
     let mut first = broker
         .subscribe(&topic, &group, SubscribeOptions::default())
         .await
         .unwrap();
-    let mut second = broker
-        .subscribe(&topic, &group, SubscribeOptions::default())
-        .await
-        .unwrap();
+    let mut other = match broker.sharing() {
+        Sharing::Messages => Some(
+            broker
+                .subscribe(&topic, &group, SubscribeOptions::default())
+                .await
+                .unwrap(),
+        ),
+        Sharing::Partitions => None,
+    };
     broker
         .publish(
             &topic,
@@ -482,22 +556,21 @@ pub(crate) async fn a_held_key_does_not_block_others(broker: Arc<dyn Broker>) {
         .publish(&topic, &[message("n3", None, b"")])
         .await
         .unwrap();
-    let flowing = receive_n(second.as_mut(), 2, PATIENCE).await;
+    let second: &mut dyn Subscription = match other.as_mut() {
+        Some(sub) => sub.as_mut(),
+        None => first.as_mut(),
+    };
+    let flowing = receive_n(second, 2, PATIENCE).await;
     let mut ids: Vec<&str> = flowing.iter().map(|d| d.message.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["b2", "n3"]);
     for delivery in flowing {
         delivery.ack().await.unwrap();
     }
-    assert_nothing(
-        second.as_mut(),
-        Duration::from_millis(500),
-        "a2 waits for a1",
-    )
-    .await;
+    assert_nothing(second, Duration::from_millis(500), "a2 waits for a1").await;
 
     held.unwrap().ack().await.unwrap();
-    let next = receive_one(second.as_mut()).await;
+    let next = receive_one(second).await;
     assert_eq!(next.message.id, "a2");
     next.ack().await.unwrap();
 }
