@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use herald_broker::Broker;
 use herald_broker::embedded::EmbeddedBroker;
+use herald_broker::log::{Connect, Connecting, Log, LogBroker};
+use herald_broker::{Broker, BrokerError, SubscribeOptions};
 use herald_core::admin::AdminToken;
 use herald_inbox::{Consumer, ConsumerOptions, Handler};
 use herald_outbox::{Relay, RelayOptions};
@@ -27,7 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::app::{self, AppOptions};
-use crate::config::{BrokerConfig, Config, ConsumerConfig, Role};
+use crate::config::{BrokerConfig, BrokerKind, Config, ConsumerConfig, Role};
 
 /// The running roles.
 #[derive(Debug)]
@@ -44,12 +45,82 @@ pub struct Runtime {
 pub fn migration_sets(config: &Config) -> Vec<&'static MigrationSet> {
     let mut sets = vec![&herald_outbox::MIGRATIONS, &herald_platform::MIGRATIONS];
     match config.broker {
-        BrokerConfig::Embedded {} => sets.push(&herald_broker::embedded::MIGRATIONS),
+        BrokerConfig::Embedded => sets.push(&herald_broker::embedded::MIGRATIONS),
+        BrokerConfig::Log { .. } => sets.push(&herald_broker::log::MIGRATIONS),
     }
     sets.push(&herald_inbox::MIGRATIONS);
     sets.push(&herald_users::MIGRATIONS);
     sets.push(&herald_router::MIGRATIONS);
     sets
+}
+
+/// The configured broker, with its consumer groups' state in `store`. A real broker is
+/// connected when first used, so one that is down does not stop Herald from starting:
+/// readiness reports it and every role retries until it answers.
+pub fn build_broker(config: &BrokerConfig, store: &Store) -> anyhow::Result<Arc<dyn Broker>> {
+    let (kind, url, prefix, options, one_record_per_batch) = match config {
+        BrokerConfig::Embedded => return Ok(Arc::new(EmbeddedBroker::new(store.clone()))),
+        BrokerConfig::Log {
+            kind,
+            url,
+            prefix,
+            options,
+            one_record_per_batch,
+        } => (
+            *kind,
+            url.expose().clone(),
+            prefix.clone(),
+            options.clone(),
+            *one_record_per_batch,
+        ),
+    };
+    let connect: Connect = match kind {
+        BrokerKind::Nats => Box::new(move || {
+            let options = herald_broker::nats::NatsOptions::new(url.clone());
+            Box::pin(async move {
+                Ok(Arc::new(herald_broker::nats::connect(options).await?) as Arc<dyn Log>)
+            })
+        }),
+        BrokerKind::Kafka => Box::new(move || {
+            let mut options = herald_broker::kafka::KafkaOptions::new(url.clone());
+            options.one_record_per_batch = one_record_per_batch;
+            if let Some(prefix) = &prefix {
+                options.topic_prefix.clone_from(prefix);
+            }
+            Box::pin(async move {
+                Ok(
+                    Arc::new(herald_broker::kafka::KafkaLog::connect(options).await?)
+                        as Arc<dyn Log>,
+                )
+            })
+        }),
+        BrokerKind::Rabbitmq => Box::new(move || {
+            let mut options = herald_broker::rabbitmq::RabbitMqOptions::new(url.clone());
+            if let Some(prefix) = &prefix {
+                options.prefix.clone_from(prefix);
+            }
+            Box::pin(async move {
+                Ok(
+                    Arc::new(herald_broker::rabbitmq::RabbitMqLog::connect(options).await?)
+                        as Arc<dyn Log>,
+                )
+            })
+        }),
+        BrokerKind::Redis => Box::new(move || {
+            let mut options = herald_broker::redis::RedisOptions::new(url.clone());
+            if let Some(prefix) = &prefix {
+                options.key_prefix.clone_from(prefix);
+            }
+            Box::pin(async move {
+                Ok(Arc::new(herald_broker::redis::connect(options).await?) as Arc<dyn Log>)
+            })
+        }),
+        BrokerKind::Embedded => anyhow::bail!("the embedded queue is not a log"),
+    };
+    let log = Arc::new(Connecting::new(kind.name(), connect));
+    let broker = LogBroker::new(log, store.clone(), options)
+        .context("the [broker] settings are not usable")?;
+    Ok(Arc::new(broker))
 }
 
 /// Connects to the configured store.
@@ -83,9 +154,7 @@ impl Runtime {
         if config.store.auto_migrate {
             migrate(&store, config).await?;
         }
-        let broker: Arc<dyn Broker> = match config.broker {
-            BrokerConfig::Embedded {} => Arc::new(EmbeddedBroker::new(store.clone())),
-        };
+        let broker = build_broker(&config.broker, &store)?;
 
         let health = Health::new();
         let check_store = store.clone();
@@ -125,7 +194,12 @@ impl Runtime {
             );
             let waker = relay.waker();
             wake = Some(Arc::new(move || waker.wake()) as herald_platform::Wake);
-            spawn_role(&mut tasks, &shutdown, "relay", move |stop| async move {
+            let groups = consumer_groups(config);
+            let declare_on = broker.clone();
+            spawn_role(&mut tasks, &shutdown, "relay", move |mut stop| async move {
+                if !declare_groups(&declare_on, &groups, &mut stop).await {
+                    return Ok(());
+                }
                 relay.run(stop).await
             });
         }
@@ -256,6 +330,66 @@ fn spawn_role<F, E>(
 
 /// The future a role's loop runs until.
 type BoxedStop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The (topic, group) of every consumer role of this process.
+fn consumer_groups(config: &Config) -> Vec<(String, &'static str)> {
+    let mut groups = Vec::new();
+    if config.roles.contains(&Role::Users) {
+        groups.push((config.users.topic.clone(), herald_users::CONSUMER));
+    }
+    if config.roles.contains(&Role::Dispatcher) {
+        groups.push((
+            config.dispatcher.topic.clone(),
+            herald_router::dispatcher::CONSUMER,
+        ));
+    }
+    groups
+}
+
+/// Creates the consumer groups of this process's consumers, before its relay publishes
+/// anything. A group created after events were published starts after them on a log broker
+/// (only a topic's first group adopts earlier events), so without this a broker that is down
+/// at start-up, and comes up after the relay but before a consumer retried, would leave that
+/// consumer without the events in between. Retries while the broker is unavailable; returns
+/// `false` if `stop` fired first.
+async fn declare_groups(
+    broker: &Arc<dyn Broker>,
+    groups: &[(String, &'static str)],
+    stop: &mut BoxedStop,
+) -> bool {
+    const RETRY_MIN: Duration = Duration::from_millis(200);
+    const RETRY_MAX: Duration = Duration::from_secs(5);
+    for (topic, group) in groups {
+        let mut wait = RETRY_MIN;
+        loop {
+            let subscribe = broker.subscribe(topic, group, SubscribeOptions::default());
+            let result = tokio::select! {
+                () = &mut *stop => return false,
+                result = subscribe => result,
+            };
+            match result {
+                // The group is kept in the broker; the consumer role subscribes again.
+                Ok(subscription) => drop(subscription),
+                Err(err @ BrokerError::Invalid(_)) => {
+                    // The consumer itself reports this; the relay need not wait for it.
+                    tracing::error!(topic, group, error = %err, "cannot create a consumer group");
+                }
+                Err(err) => {
+                    tracing::info!(topic, group, error = %err, retry_in = ?wait,
+                        "the relay waits for the broker to create its consumer groups");
+                    tokio::select! {
+                        () = &mut *stop => return false,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(RETRY_MAX);
+                    continue;
+                }
+            }
+            break;
+        }
+    }
+    true
+}
 
 /// A consumer named `name` of the topic in `section`, running `handler`.
 fn consumer(

@@ -476,6 +476,82 @@ mod tests {
     }
 
     #[test]
+    fn broker_settings_are_checked() {
+        let found = |text: &str| {
+            let f = file(&format!(
+                "store.url = \"sqlite::memory:\"\n[broker]\n{text}"
+            ));
+            let mut keys: Vec<String> =
+                problems(load(toml::Table::new(), Some(f.path()), env(&[])))
+                    .into_iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect();
+            keys.sort_unstable();
+            keys
+        };
+        let bad =
+            found("kind = \"nats\"\npartitions = 0\nsession_timeout = \"1s\"\nprefix = \"a b\"\n");
+        let keys: Vec<&str> = bad.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "broker.partitions",
+                "broker.prefix",
+                "broker.session_timeout",
+                "broker.url"
+            ],
+            "{bad:#?}"
+        );
+        assert!(
+            bad[3].contains("nats://127.0.0.1:4222"),
+            "an example: {bad:#?}"
+        );
+        let wrong = found("kind = \"redis\"\nurl = \"amqp://guest:hunter2@h:5672/%2f\"\n");
+        assert_eq!(wrong.len(), 1, "{wrong:#?}");
+        assert!(
+            wrong[0].starts_with("broker.url: is not a redis address"),
+            "{wrong:#?}"
+        );
+        assert!(
+            !wrong[0].contains("hunter2"),
+            "the URL is not echoed: {wrong:#?}"
+        );
+        let kafka = found("kind = \"kafka\"\nurl = \"nats://h:4222\"\n");
+        assert!(
+            kafka[0].starts_with("broker.url: is not a kafka address"),
+            "{kafka:#?}"
+        );
+        let embedded = found("url = \"redis://h:6379\"\n");
+        assert!(
+            embedded[0].starts_with("broker.url: is only for"),
+            "{embedded:#?}"
+        );
+        let batch =
+            found("kind = \"redis\"\nurl = \"redis://h:6379\"\none_record_per_batch = true\n");
+        assert_eq!(
+            batch,
+            ["broker.one_record_per_batch: is only for kind = \"kafka\""],
+            "{batch:#?}"
+        );
+        let unknown = found("kind = \"zeromq\"\n");
+        assert!(unknown[0].starts_with("broker.kind"), "{unknown:#?}");
+
+        let good = file(
+            "store.url = \"sqlite::memory:\"\n[broker]\nkind = \"kafka\"\nurl = \"k1:9092,k2:9092\"\npartitions = 16\nsession_timeout = \"20s\"\n",
+        );
+        let config = load(toml::Table::new(), Some(good.path()), env(&[])).unwrap();
+        match config.broker {
+            super::super::BrokerConfig::Log { kind, options, .. } => {
+                assert_eq!(kind, super::super::BrokerKind::Kafka);
+                assert_eq!(options.partitions, 16);
+                assert_eq!(options.session_timeout, std::time::Duration::from_secs(20));
+                assert_eq!(options.heartbeat, std::time::Duration::from_secs(2));
+            }
+            other => panic!("expected kafka, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn file_errors_name_the_file() {
         let missing = load(
             toml::Table::new(),

@@ -10,6 +10,7 @@
 //! key and where the value came from (see [`load`]). After that, code reads typed values and
 //! never re-checks them.
 
+mod broker;
 mod load;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use herald_core::admin::AdminToken;
 use herald_telemetry::logging::{LogFilter, LogFormat};
 use serde::Deserialize;
 
+pub use broker::{BrokerConfig, BrokerKind, BrokerSection};
 pub use load::{ConfigError, Problem, Sources, load};
 
 /// The whole configuration file.
@@ -37,7 +39,7 @@ pub struct RawConfig {
     /// The database every stateful role uses.
     pub store: StoreSection,
     /// The message broker.
-    pub broker: BrokerConfig,
+    pub broker: BrokerSection,
     /// The outbox relay.
     pub relay: RelaySection,
     /// The users service's consumer.
@@ -95,20 +97,6 @@ impl Default for StoreSection {
             max_connections: 16,
             auto_migrate: true,
         }
-    }
-}
-
-/// `[broker]`: the message broker, chosen by `kind`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum BrokerConfig {
-    /// The embedded queue, in the store's database: nothing else to run.
-    Embedded {},
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self::Embedded {}
     }
 }
 
@@ -439,14 +427,16 @@ impl RawConfig {
             problems,
         );
         check_router(&self.router, sources, problems);
+        let broker = self.broker.check(sources, problems);
         let store = store?;
+        let broker = broker?;
         (problems.len() == before).then_some(Config {
             roles,
             http: self.http,
             log: self.log,
             admin_token,
             store,
-            broker: self.broker,
+            broker,
             relay: self.relay,
             users,
             dispatcher,

@@ -6,6 +6,7 @@
 mod support;
 
 mod bench;
+mod brokers_serve;
 mod cli;
 mod dev;
 mod events;

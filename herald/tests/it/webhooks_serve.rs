@@ -10,15 +10,16 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use herald_testing::{TestDb, unique_name};
 use serde_json::{Value, json};
 
 use crate::support::sink::{Mode, Sink};
-use crate::support::webhooks::{Api, FAST_RETRIES, assert_in_order_per_key, wait_until_settled};
-use crate::support::{Running, client, herald};
+use crate::support::webhooks::{
+    Api, assert_arrived_exactly, duplicates, serve, wait_until_settled,
+};
+use crate::support::{Running, client};
 
 const KEYS: u64 = 20;
 const FIRST: u64 = 1000;
@@ -43,16 +44,6 @@ fn write_config(dir: &Path, db: &TestDb, token: &str) -> PathBuf {
     path
 }
 
-/// `herald serve` with `config` and the fast router settings.
-fn serve(config: &Path) -> Command {
-    let mut command = herald();
-    command
-        .args(["serve", "--config"])
-        .arg(config)
-        .envs(FAST_RETRIES);
-    command
-}
-
 /// Every job, once none is pending or being delivered, paged through
 /// `status=delivered`: asserts there is exactly one per event of `published`, and no dead
 /// letter.
@@ -68,28 +59,6 @@ async fn delivered_jobs(api: &Api, published: &BTreeSet<String>) -> Vec<Value> {
     let dead = api.get("/v1/dispatch-jobs?status=dead&limit=1").await;
     assert_eq!(dead["data"], json!([]), "{dead}");
     jobs
-}
-
-/// Accepted deliveries beyond the first of each event.
-fn duplicates(sink: &Sink) -> usize {
-    sink.seen(|seen| seen.accepted_at.len() - seen.first.len())
-}
-
-/// The sink saw exactly `published` (each at least once), every signature good, every
-/// key's first arrivals in publish order.
-fn assert_arrived_exactly(sink: &Sink, published: &BTreeSet<String>) {
-    sink.seen(|seen| {
-        assert!(seen.bad_signatures.is_empty(), "{:?}", seen.bad_signatures);
-        let received: BTreeSet<String> = seen.first.iter().cloned().collect();
-        let missing: Vec<_> = published.difference(&received).take(5).collect();
-        let invented: Vec<_> = received.difference(published).take(5).collect();
-        assert!(missing.is_empty(), "events were lost, e.g. {missing:?}");
-        assert!(
-            invented.is_empty(),
-            "events never published arrived, e.g. {invented:?}"
-        );
-    });
-    assert_in_order_per_key(sink);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

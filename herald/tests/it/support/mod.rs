@@ -35,17 +35,27 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// Starts `command` and waits until it prints `listening on <url>`.
+    /// Starts `command` and waits until it prints `listening on <url>`. Its standard error
+    /// (the log) is passed on to the test's, and read with its standard output.
     pub(crate) fn start(mut command: Command) -> Self {
-        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("the herald binary starts");
         let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, lines) = mpsc::channel();
+        let tx_err = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
                 }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                // The test may have stopped listening; the log still goes on to stderr.
+                let _ = tx_err.send(line);
             }
         });
         let deadline = Instant::now() + START_DEADLINE;

@@ -3,12 +3,15 @@
 //! [`Sink`], publishing numbered events, paging through dispatch jobs, and checking the order
 //! the sink saw.
 
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::sink::Sink;
-use super::{Running, json_body};
+use super::{Running, herald, json_body};
 
 /// Router settings that make retries and breaker probes quick enough for a test.
 pub(crate) const FAST_RETRIES: [(&str, &str); 6] = [
@@ -19,6 +22,16 @@ pub(crate) const FAST_RETRIES: [(&str, &str); 6] = [
     ("HERALD_ROUTER__BREAKER_COOLDOWN", "200ms"),
     ("HERALD_ROUTER__BREAKER_MAX_COOLDOWN", "1s"),
 ];
+
+/// `herald serve` with `config` and [`FAST_RETRIES`].
+pub(crate) fn serve(config: &Path) -> Command {
+    let mut command = herald();
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(FAST_RETRIES);
+    command
+}
 
 /// The most pages [`Api::jobs`] follows.
 const MAX_PAGES: usize = 100;
@@ -164,4 +177,26 @@ pub(crate) async fn wait_until_settled(api: &Api, deadline: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Accepted deliveries beyond the first of each event.
+pub(crate) fn duplicates(sink: &Sink) -> usize {
+    sink.seen(|seen| seen.accepted_at.len() - seen.first.len())
+}
+
+/// The sink saw exactly `published` (each at least once), every signature good, every
+/// key's first arrivals in publish order.
+pub(crate) fn assert_arrived_exactly(sink: &Sink, published: &BTreeSet<String>) {
+    sink.seen(|seen| {
+        assert!(seen.bad_signatures.is_empty(), "{:?}", seen.bad_signatures);
+        let received: BTreeSet<String> = seen.first.iter().cloned().collect();
+        let missing: Vec<_> = published.difference(&received).take(5).collect();
+        let invented: Vec<_> = received.difference(published).take(5).collect();
+        assert!(missing.is_empty(), "events were lost, e.g. {missing:?}");
+        assert!(
+            invented.is_empty(),
+            "events never published arrived, e.g. {invented:?}"
+        );
+    });
+    assert_in_order_per_key(sink);
 }
