@@ -6,12 +6,14 @@
 //! up in the percentiles instead of silently lowering the offered load (coordinated omission).
 //!
 //! - [`stats`]: latency percentiles.
+//! - [`broker`]: the broker a run uses (the embedded queue or a real one).
 //! - [`process`]: CPU time and peak memory of this process.
 //! - [`target`]: the database a run uses (a fresh PostgreSQL database or SQLite file).
 //! - [`report`]: results as a table or JSON.
 //! - [`markdown`]: the results table of `BENCHMARKS.md`, generated from JSON reports.
 //! - [`scenarios`]: the scenarios themselves.
 
+pub mod broker;
 pub mod markdown;
 pub mod process;
 pub mod report;

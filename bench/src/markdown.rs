@@ -2,7 +2,9 @@
 //! from measurements and never typed by hand.
 //!
 //! Each figure is shown beside the goal the project set for it (see [`GOALS`]) and, where the
-//! same run measured one, beside the machine's raw limit, as a ratio.
+//! same run measured one, beside the machine's raw limit, as a ratio: a limit of the same
+//! store and the same broker, so a relay on a real broker is compared with that broker's own
+//! raw publish rate.
 
 use std::fmt::Write as _;
 
@@ -76,7 +78,8 @@ pub const GOALS: &[Goal] = &[
     },
 ];
 
-/// Which limit an outcome is compared with: (scenario, case prefix) of the limit.
+/// Which limit an outcome is compared with: (scenario, case prefix) of the limit, which must
+/// also have the outcome's store and broker.
 fn limit_of(outcome: &Outcome) -> Option<(&'static str, &'static str)> {
     match outcome.scenario.as_str() {
         "relay" if outcome.case.starts_with("drain") => Some(("limit", "raw publish")),
@@ -130,7 +133,10 @@ pub fn render(reports: &[Report]) -> String {
         let vs_limit = limit_of(o)
             .and_then(|(scenario, case)| {
                 all.iter().find(|l| {
-                    l.scenario == scenario && l.case.starts_with(case) && l.store == o.store
+                    l.scenario == scenario
+                        && l.case.starts_with(case)
+                        && l.store == o.store
+                        && l.broker == o.broker
                 })
             })
             .map_or("–".to_owned(), |limit| {
@@ -172,11 +178,7 @@ pub fn render(reports: &[Report]) -> String {
     let _ = writeln!(out, "What each run checked, and its settings:");
     let _ = writeln!(out);
     for o in &all {
-        let _ = writeln!(
-            out,
-            "- {} / {} / {}: {}; {}.",
-            o.scenario, o.case, o.store, o.checked, o.settings
-        );
+        let _ = writeln!(out, "- {}: {}; {}.", o.title(), o.checked, o.settings);
     }
     out
 }
@@ -187,11 +189,22 @@ mod tests {
     use crate::stats::Percentiles;
 
     fn outcome(scenario: &str, case: &str, value: f64, unit: &str, p99: Option<f64>) -> Outcome {
+        on("embedded", scenario, case, value, unit, p99)
+    }
+
+    fn on(
+        broker: &str,
+        scenario: &str,
+        case: &str,
+        value: f64,
+        unit: &str,
+        p99: Option<f64>,
+    ) -> Outcome {
         Outcome {
             scenario: scenario.into(),
             case: case.into(),
             store: "postgres".into(),
-            broker: "embedded".into(),
+            broker: broker.into(),
             value,
             unit: unit.into(),
             latency: p99.map(|p99_ms| Percentiles {
@@ -235,6 +248,48 @@ mod tests {
         );
         assert!(
             text.contains("p99 ≤ 50 ms at 1,000/s: **missed**"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_broker_is_compared_with_its_own_limit() {
+        let mut embedded = Report::new();
+        embedded.outcomes = vec![outcome(
+            "limit",
+            "raw publish, batches of 500",
+            40_000.0,
+            "messages/s",
+            None,
+        )];
+        let mut nats = Report::new();
+        nats.outcomes = vec![
+            on(
+                "nats",
+                "limit",
+                "raw publish, batches of 500",
+                8_000.0,
+                "messages/s",
+                None,
+            ),
+            on(
+                "nats",
+                "relay",
+                "drain 20000 events",
+                4_000.0,
+                "events/s",
+                None,
+            ),
+        ];
+        let text = render(&[embedded, nats]);
+        assert!(
+            text.contains(
+                "| nats | 4000 events/s | – | – | – | 1.0 | 20 | 50% of 8000 messages/s |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("- relay / drain 20000 events / postgres / nats: all; defaults."),
             "{text}"
         );
     }

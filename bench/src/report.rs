@@ -33,6 +33,19 @@ pub struct Outcome {
     pub settings: String,
 }
 
+impl Outcome {
+    /// `scenario / case / store`, and the broker where there is one, e.g.
+    /// `relay / drain 100000 events / postgres / nats`.
+    pub fn title(&self) -> String {
+        let mut title = format!("{} / {} / {}", self.scenario, self.case, self.store);
+        if self.broker != "-" {
+            title.push_str(" / ");
+            title.push_str(&self.broker);
+        }
+        title
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -104,8 +117,10 @@ impl Report {
         for o in &self.outcomes {
             let _ = writeln!(
                 out,
-                "\n{} / {} / {}: checked {}; {}",
-                o.scenario, o.case, o.store, o.checked, o.settings
+                "\n{}: checked {}; {}",
+                o.title(),
+                o.checked,
+                o.settings
             );
         }
         out

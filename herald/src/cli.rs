@@ -63,7 +63,8 @@ pub struct BenchArgs {
     /// The database engine.
     #[arg(long, value_enum, default_value = "postgres")]
     pub store: BenchStore,
-    /// The broker.
+    /// The broker. `relay` and `limit` run on every broker, a real one at the address given
+    /// by its option below; the other scenarios need the embedded queue.
     #[arg(long, value_enum, default_value = "embedded")]
     pub broker: BenchBroker,
     /// Seconds each timed case runs.
@@ -88,7 +89,56 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres_url: String,
-    /// Print JSON instead of a table.
+    /// The NATS server (with JetStream), for `--broker nats`.
+    #[arg(
+        long,
+        env = "HERALD_BENCH_NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222",
+        value_name = "URL"
+    )]
+    pub nats_url: String,
+    /// The Kafka bootstrap servers, `host:port[,host:port…]`, for `--broker kafka`.
+    #[arg(
+        long,
+        env = "HERALD_BENCH_KAFKA_URL",
+        hide_env_values = true,
+        default_value = "127.0.0.1:9092",
+        value_name = "SERVERS"
+    )]
+    pub kafka_url: String,
+    /// With `--broker kafka`: send every record in a batch of its own. On by default because
+    /// tansu 0.6, a Kafka-compatible server, needs it to read back what was published; pass
+    /// `false` to measure Apache Kafka or Redpanda at their batched speed.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub kafka_one_record_per_batch: bool,
+    /// The RabbitMQ server (3.9 or later, for streams), for `--broker rabbitmq`.
+    #[arg(
+        long,
+        env = "HERALD_BENCH_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_name = "URL"
+    )]
+    pub amqp_url: String,
+    /// The Redis server, for `--broker redis`.
+    #[arg(
+        long,
+        env = "HERALD_BENCH_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379",
+        value_name = "URL"
+    )]
+    pub redis_url: String,
+    /// Print JSON instead of a table. With `report`: print the given runs combined into one
+    /// JSON report.
     #[arg(long)]
     pub json: bool,
 }
@@ -104,7 +154,8 @@ pub enum Scenario {
     Drain,
     /// A consumer whose handler does one INSERT, with and without the inbox.
     Inbox,
-    /// The machine's raw limits: INSERT commits/s and broker publishes/s.
+    /// The machine's raw limits: INSERT commits/s and broker publishes/s (with a real
+    /// broker, only its publishes/s).
     Limit,
     /// Every scenario above, in one run.
     All,
@@ -126,6 +177,14 @@ pub enum BenchStore {
 pub enum BenchBroker {
     /// The embedded queue in the same database.
     Embedded,
+    /// NATS with JetStream, at --nats-url.
+    Nats,
+    /// Kafka, or a server that speaks its protocol, at --kafka-url.
+    Kafka,
+    /// RabbitMQ streams, at --amqp-url.
+    Rabbitmq,
+    /// Redis Streams, at --redis-url.
+    Redis,
 }
 
 /// Where the configuration comes from.

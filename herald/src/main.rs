@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use herald::cli::{BenchArgs, BenchStore, Cli, Command, ConfigArgs, DevArgs, Scenario, ServeArgs};
-use herald::config::{self, Config, ConfigError};
+use herald::cli::{
+    BenchArgs, BenchBroker, BenchStore, Cli, Command, ConfigArgs, DevArgs, Scenario, ServeArgs,
+};
+use herald::config::{self, BrokerConfig, BrokerKind, Config, ConfigError};
 use herald::data_dir::DataDir;
 use herald::runtime::{self, Runtime};
 use herald::server;
@@ -213,7 +215,15 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             })?;
             reports.push(report);
         }
-        say(&herald_bench::markdown::render(&reports));
+        if args.json {
+            let mut combined = herald_bench::Report::new();
+            combined
+                .outcomes
+                .extend(reports.into_iter().flat_map(|report| report.outcomes));
+            say(&serde_json::to_string_pretty(&combined)?);
+        } else {
+            say(&herald_bench::markdown::render(&reports));
+        }
         return Ok(());
     }
     anyhow::ensure!(
@@ -221,12 +231,33 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         "files are only read by `herald bench report`"
     );
 
+    let broker = bench_broker(args)?;
+    if !broker.is_embedded() {
+        let name = broker.name();
+        match args.scenario {
+            Scenario::Relay | Scenario::Limit | Scenario::OutboxWrite | Scenario::Report => {}
+            Scenario::All => anyhow::bail!(
+                "--broker {name}: `all` includes the drain and inbox scenarios, which run only on \
+                 the embedded queue; run `relay` and `limit` on their own"
+            ),
+            Scenario::Drain | Scenario::Inbox => anyhow::bail!(
+                "--broker {name}: the {} scenario runs only on the embedded queue; `relay` and \
+                 `limit` run on every broker",
+                if args.scenario == Scenario::Drain {
+                    "drain"
+                } else {
+                    "inbox"
+                }
+            ),
+        }
+    }
     let options = Options {
         engine: match args.store {
             BenchStore::Postgres => Engine::Postgres,
             BenchStore::Sqlite => Engine::Sqlite,
         },
         postgres_url: args.postgres_url.clone(),
+        broker,
         duration: std::time::Duration::from_secs(args.duration),
         rate: args.rate,
         events: usize::try_from(args.events).context("--events is too large")?,
@@ -266,4 +297,59 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         say(&report.table());
     }
     Ok(())
+}
+
+/// The broker of a `herald bench` run. A real one is built as `herald serve` builds the
+/// broker of `[broker]`, with the default partitions, on each case's fresh database.
+fn bench_broker(args: &BenchArgs) -> anyhow::Result<herald_bench::broker::BrokerChoice> {
+    use herald_bench::broker::BrokerChoice;
+
+    let (kind, source, url) = match args.broker {
+        BenchBroker::Embedded => return Ok(BrokerChoice::Embedded),
+        BenchBroker::Nats => (
+            BrokerKind::Nats,
+            "--nats-url (HERALD_BENCH_NATS_URL)",
+            &args.nats_url,
+        ),
+        BenchBroker::Kafka => (
+            BrokerKind::Kafka,
+            "--kafka-url (HERALD_BENCH_KAFKA_URL)",
+            &args.kafka_url,
+        ),
+        BenchBroker::Rabbitmq => (
+            BrokerKind::Rabbitmq,
+            "--amqp-url (HERALD_BENCH_AMQP_URL)",
+            &args.amqp_url,
+        ),
+        BenchBroker::Redis => (
+            BrokerKind::Redis,
+            "--redis-url (HERALD_BENCH_REDIS_URL)",
+            &args.redis_url,
+        ),
+    };
+    anyhow::ensure!(
+        kind.fits_url(url),
+        "{source} is not a {} address; write it like {}",
+        kind.name(),
+        kind.example_url()
+    );
+    let options = herald_broker::log::LogOptions::default();
+    let one_record_per_batch = kind == BrokerKind::Kafka && args.kafka_one_record_per_batch;
+    let mut settings = format!("{} partitions", options.partitions);
+    if one_record_per_batch {
+        settings.push_str(", one record per Kafka batch");
+    }
+    let config = BrokerConfig::Log {
+        kind,
+        url: herald_core::Secret::new(url.clone()),
+        prefix: None,
+        options,
+        one_record_per_batch,
+    };
+    Ok(BrokerChoice::Log {
+        kind: kind.name(),
+        source: source.to_owned(),
+        settings,
+        build: std::sync::Arc::new(move |store| runtime::build_broker(&config, store)),
+    })
 }

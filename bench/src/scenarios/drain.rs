@@ -26,6 +26,7 @@ const BATCH: usize = 500;
 
 /// Runs the scenario.
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
+    super::embedded_only(options, "drain")?;
     let target = Target::create(options.engine, &options.postgres_url, 4).await?;
     herald_store::migrate::migrate(
         &target.store,

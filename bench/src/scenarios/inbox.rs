@@ -34,6 +34,7 @@ const INSERT_SQLITE: &str = "INSERT INTO bench_effects (event_id, data) VALUES (
 
 /// Runs both cases; the second reports the inbox's added cost against the first.
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
+    super::embedded_only(options, "inbox")?;
     let messages = options.events.min(MAX_MESSAGES);
     let mut plain = case(options, messages, false).await?;
     let mut with_inbox = case(options, messages, true).await?;

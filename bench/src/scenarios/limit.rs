@@ -2,27 +2,35 @@
 //!
 //! - Single-row INSERT commits per second on the same database, with the same number of
 //!   concurrent producers as `outbox-write` (the ceiling for one-event transactions).
-//! - Raw publishes per second to the embedded queue, in batches of 500 (the relay's batch
-//!   size) — the ceiling for the relay, which also has to read and delete its rows.
+//! - Raw publishes per second to the chosen broker ([`Broker::publish`] directly), in batches
+//!   of 500 (the relay's batch size) — the ceiling for the relay, which also has to read and
+//!   delete its rows. With a real broker, only this case runs: the INSERT limit does not
+//!   depend on the broker, and the embedded runs measure it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use herald_broker::embedded::EmbeddedBroker;
-use herald_broker::{Broker, Message, SubscribeOptions};
+use herald_broker::Message;
 use herald_store::Store;
 use tokio::sync::Mutex;
 
+use super::relay::BATCH;
 use super::{KEYS, Options, Progress, outcome, sample_event};
+use crate::broker::unique_topic;
 use crate::report::Outcome;
 use crate::stats::Percentiles;
 use crate::target::Target;
 
-/// Runs both cases.
+/// Runs both cases (with a real broker, only the raw publishes).
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
-    Ok(vec![inserts(options).await?, publishes(options).await?])
+    let mut outcomes = Vec::new();
+    if options.broker.is_embedded() {
+        outcomes.push(inserts(options).await?);
+    }
+    outcomes.push(publishes(options).await?);
+    Ok(outcomes)
 }
 
 async fn inserts(options: &Options) -> anyhow::Result<Outcome> {
@@ -118,13 +126,11 @@ async fn inserts(options: &Options) -> anyhow::Result<Outcome> {
 }
 
 async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
-    const BATCH: usize = 500;
     let target = Target::create(options.engine, &options.postgres_url, 4).await?;
-    herald_store::migrate::migrate(&target.store, &[&herald_broker::embedded::MIGRATIONS]).await?;
-    let broker = EmbeddedBroker::new(target.store.clone());
-    let _group = broker
-        .subscribe("bench.raw", "bench", SubscribeOptions::default())
-        .await?;
+    herald_store::migrate::migrate(&target.store, &[options.broker.migrations()]).await?;
+    let (target, broker) = options.broker.open(target).await?;
+    let topic = unique_topic("raw");
+    let _group = options.broker.group_before(broker.as_ref(), &topic).await?;
     let before = crate::process::usage();
     let deadline = Instant::now() + options.duration;
     let mut progress = Progress::new("raw publishes", None);
@@ -132,25 +138,34 @@ async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
     let mut published = 0usize;
     let mut latencies = Vec::new();
     while Instant::now() < deadline {
-        let messages: Vec<Message> = (published..published + BATCH)
+        let messages = (published..published + BATCH)
             .map(|i| {
                 let event = sample_event(i);
-                Message {
+                Ok(Message {
                     id: event.id.clone(),
                     key: Some(format!("key-{}", i % KEYS)),
                     headers: vec![("type".to_owned(), event.event_type.clone())],
-                    payload: Bytes::from(serde_json::to_vec(&event).unwrap_or_default()),
-                }
+                    payload: Bytes::from(serde_json::to_vec(&event)?),
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<Message>>>()?;
         let at = Instant::now();
-        broker.publish("bench.raw", &messages).await?;
+        broker.publish(&topic, &messages).await?;
         latencies.push(at.elapsed());
         published += BATCH;
         progress.update(published as u64);
     }
     let elapsed = started.elapsed();
     progress.finish();
+    // A real broker's publishes do not touch the database.
+    let settings = if options.broker.is_embedded() {
+        format!(
+            "one consumer group; latency per batch; {}",
+            target.durability
+        )
+    } else {
+        options.broker.settings("latency per batch")
+    };
     let result = outcome(
         "limit",
         format!("raw publish, batches of {BATCH}"),
@@ -161,10 +176,7 @@ async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
         Percentiles::of(&mut latencies),
         before,
         format!("{published} messages confirmed"),
-        format!(
-            "one consumer group; latency per batch; {}",
-            target.durability
-        ),
+        settings,
     );
     target.finish().await?;
     Ok(result)

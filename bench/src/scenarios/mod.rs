@@ -3,13 +3,16 @@
 //! - [`outbox_write`]: producer commits per second, with one, 10 or 100 events per
 //!   transaction and several concurrent producers.
 //! - [`relay`]: how fast the relay drains a backlog, and commit→published latency at a fixed
-//!   rate (open loop).
+//!   rate (open loop), on the embedded queue or a real broker.
 //! - [`drain`]: a relay running as its own process drains a large backlog; its CPU and memory
 //!   are measured alone.
 //! - [`inbox`]: a consumer whose handler does one INSERT, with and without the inbox.
 //! - [`limit`]: the raw limits of this machine in the same run — single-row INSERT commits per
 //!   second on the same database, and raw publishes per second to the broker — so the Herald
 //!   figures can be read as fractions of them.
+//!
+//! `relay` and `limit` run on any broker; `drain` and `inbox` need the embedded queue and
+//! refuse a real one; `outbox-write` uses no broker.
 
 pub mod drain;
 pub mod inbox;
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::Event;
 
+use crate::broker::BrokerChoice;
 use crate::process::Usage;
 use crate::report::Outcome;
 use crate::target::Engine;
@@ -33,6 +37,8 @@ pub struct Options {
     pub engine: Engine,
     /// The PostgreSQL server (a fresh database is made on it).
     pub postgres_url: String,
+    /// The broker.
+    pub broker: BrokerChoice,
     /// How long each timed case runs.
     pub duration: Duration,
     /// The offered rate of latency cases, per second.
@@ -43,6 +49,16 @@ pub struct Options {
     pub drain_events: usize,
     /// Concurrent producers.
     pub producers: usize,
+}
+
+/// Fails unless the run uses the embedded queue: `scenario` measures nothing else.
+pub(crate) fn embedded_only(options: &Options, scenario: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        options.broker.is_embedded(),
+        "the {scenario} scenario runs only on the embedded queue, not on {}",
+        options.broker.name()
+    );
+    Ok(())
 }
 
 /// Partition keys used by the scenarios.

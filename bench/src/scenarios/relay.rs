@@ -1,28 +1,31 @@
 //! `relay`: the outbox relay's throughput on a backlog, and its commit→published latency at a
 //! fixed offered rate.
 //!
-//! The relay runs in this process against the embedded queue on the same database. A thin
-//! wrapper around the broker records when each publish was confirmed and in what order, so
-//! the scenario can check that every committed event was published and that each key's events
-//! were published in commit order, and can time commit→confirm exactly.
+//! The relay runs in this process against the chosen broker: the embedded queue on the same
+//! database, or a real broker. A thin wrapper around the broker records when each publish was
+//! confirmed and in what order, so the scenario can check that every committed event was
+//! published and that each key's events were published in commit order, and can time
+//! commit→confirm exactly. On a real broker, the messages are then also read back through a
+//! consumer group (not timed) and checked the same way: each exactly once, and each key's in
+//! commit order.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use herald_broker::embedded::EmbeddedBroker;
 use herald_broker::{BoxFuture, Broker, BrokerError, Message, SubscribeOptions, Subscription};
 use herald_outbox::{Relay, RelayOptions};
 
 use super::outbox_write::{commit, count_outbox, prefill};
 use super::{KEYS, Options, Progress, outcome, sample_event};
+use crate::broker::{read_back, unique_topic};
 use crate::report::Outcome;
 use crate::stats::Percentiles;
 use crate::target::Target;
 
-const TOPIC: &str = "bench.events";
-const BATCH: usize = 500;
+/// The relay's batch size, and so the batch size of the raw publishes of `limit`.
+pub const BATCH: usize = 500;
 
 /// Records every confirmed publish: the message id, its key and when it was confirmed.
 #[derive(Debug)]
@@ -78,36 +81,41 @@ impl Recording {
     }
 }
 
-/// A fresh database with the outbox and the embedded queue, a consumer group on the topic,
-/// and a recording broker.
-async fn setup(
-    options: &Options,
-    connections: u32,
-) -> anyhow::Result<(Target, Arc<Recording>, Box<dyn Subscription>)> {
+/// One case's world: a fresh database with the outbox, the broker on it, a topic of its own
+/// with the checking group, and the recording wrapper the relay publishes through.
+struct Setup {
+    target: Target,
+    broker: Arc<Recording>,
+    topic: String,
+    /// Held through the case where the broker needs it (see `group_before`).
+    _group: Option<Box<dyn Subscription>>,
+}
+
+async fn setup(options: &Options, connections: u32) -> anyhow::Result<Setup> {
     let target = Target::create(options.engine, &options.postgres_url, connections).await?;
     herald_store::migrate::migrate(
         &target.store,
-        &[
-            &herald_outbox::MIGRATIONS,
-            &herald_broker::embedded::MIGRATIONS,
-        ],
+        &[&herald_outbox::MIGRATIONS, options.broker.migrations()],
     )
     .await?;
-    let inner: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new(target.store.clone()));
-    // A group must exist, or the queue parks what it receives.
-    let subscription = inner
-        .subscribe(TOPIC, "bench", SubscribeOptions::default())
-        .await?;
-    let recording = Arc::new(Recording {
+    let (target, inner) = options.broker.open(target).await?;
+    let topic = unique_topic("relay");
+    let group = options.broker.group_before(inner.as_ref(), &topic).await?;
+    let broker = Arc::new(Recording {
         inner,
         confirmed: Mutex::new(Vec::new()),
     });
-    Ok((target, recording, subscription))
+    Ok(Setup {
+        target,
+        broker,
+        topic,
+        _group: group,
+    })
 }
 
-fn relay_options() -> RelayOptions {
+fn relay_options(topic: &str) -> RelayOptions {
     RelayOptions {
-        topic: TOPIC.to_owned(),
+        topic: topic.to_owned(),
         batch_size: BATCH,
         ..RelayOptions::default()
     }
@@ -132,15 +140,54 @@ fn check(
     ))
 }
 
+/// On a real broker, reads the topic back through a consumer group and checks that it holds
+/// each of `committed` exactly once and, with `ordered`, each key's in the order of
+/// `committed`. Returns what was checked, to add to the description (nothing on the
+/// embedded queue, whose table the publishes went to).
+async fn check_read_back(
+    options: &Options,
+    setup: &Setup,
+    committed: &[String],
+    ordered: bool,
+) -> anyhow::Result<String> {
+    if options.broker.is_embedded() {
+        return Ok(String::new());
+    }
+    let kind = options.broker.name();
+    let received = read_back(setup.broker.inner.as_ref(), &setup.topic, committed.len()).await?;
+    let ids = received.iter().map(|m| (m.id.as_str(), m.key.as_deref()));
+    let context = || format!("reading the {kind} topic back through a consumer group");
+    if ordered {
+        let keys = super::check_order(committed, ids).with_context(context)?;
+        Ok(format!(
+            "; {}/{} read back once each through a consumer group, order kept on {keys} keys",
+            received.len(),
+            committed.len()
+        ))
+    } else {
+        check_set(committed, ids.map(|(id, _)| id)).with_context(context)?;
+        Ok(format!(
+            "; {}/{} read back once each through a consumer group",
+            received.len(),
+            committed.len()
+        ))
+    }
+}
+
 /// Runs both cases.
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
     Ok(vec![throughput(options).await?, latency(options).await?])
 }
 
 async fn throughput(options: &Options) -> anyhow::Result<Outcome> {
-    let (target, broker, _subscription) = setup(options, 8).await?;
+    let setup = setup(options, 8).await?;
+    let (target, broker) = (&setup.target, &setup.broker);
     let committed = prefill(&target.store, options.events, 1000).await?;
-    let relay = Relay::new(target.store.clone(), broker.clone(), relay_options());
+    let relay = Relay::new(
+        target.store.clone(),
+        broker.clone(),
+        relay_options(&setup.topic),
+    );
 
     let before = crate::process::usage();
     let started = Instant::now();
@@ -163,28 +210,35 @@ async fn throughput(options: &Options) -> anyhow::Result<Outcome> {
     let elapsed = started.elapsed();
     progress.finish();
     let checked = check(&committed, &broker.take())?;
-    let result = outcome(
+    let mut result = outcome(
         "relay",
         format!("drain {} events", committed.len()),
         options.engine,
-        "embedded",
+        options.broker.name(),
         committed.len() as f64 / elapsed.as_secs_f64(),
         "events/s",
         None,
         before,
         checked,
-        format!("batch {BATCH}, {KEYS} keys; {}", target.durability),
+        options.broker.settings(&format!(
+            "batch {BATCH}, {KEYS} keys; {}",
+            target.durability
+        )),
     );
-    target.finish().await?;
+    // After the outcome took its CPU and memory figures: reading back is not measured.
+    let read_back = check_read_back(options, &setup, &committed, true).await?;
+    result.checked.push_str(&read_back);
+    setup.target.finish().await?;
     Ok(result)
 }
 
 async fn latency(options: &Options) -> anyhow::Result<Outcome> {
-    let (target, broker, _subscription) = setup(options, 32).await?;
+    let setup = setup(options, 32).await?;
+    let (target, broker) = (&setup.target, &setup.broker);
     let relay = Arc::new(Relay::new(
         target.store.clone(),
         broker.clone(),
-        relay_options(),
+        relay_options(&setup.topic),
     ));
     let waker = relay.waker();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -273,36 +327,46 @@ async fn latency(options: &Options) -> anyhow::Result<Outcome> {
     // Order check: commit order is the order the producers' commits returned.
     commits.sort_by_key(|(_, at)| *at);
     let in_commit_order: Vec<String> = commits.into_iter().map(|(id, _)| id).collect();
-    let checked = check_set(&in_commit_order, &published)?;
-    let result = outcome(
+    check_set(
+        &in_commit_order,
+        published.iter().map(|(id, _, _)| id.as_str()),
+    )?;
+    let checked = format!(
+        "{}/{} published once each",
+        published.len(),
+        in_commit_order.len()
+    );
+    let mut result = outcome(
         "relay",
         format!("latency at {}/s", options.rate),
         options.engine,
-        "embedded",
+        options.broker.name(),
         offered,
         "events/s offered",
         Percentiles::of(&mut samples),
         before,
         checked,
-        format!(
+        options.broker.settings(&format!(
             "one event per transaction, commit→publish confirmed; {}",
             target.durability
-        ),
+        )),
     );
-    target.finish().await?;
+    let read_back = check_read_back(options, &setup, &in_commit_order, false).await?;
+    result.checked.push_str(&read_back);
+    setup.target.finish().await?;
     Ok(result)
 }
 
 /// Like [`check`] without the order part: concurrent single-event transactions of one key
 /// have no defined commit order between them.
-fn check_set(
+fn check_set<'a>(
     committed: &[String],
-    published: &[(String, Option<String>, Instant)],
-) -> anyhow::Result<String> {
+    published: impl IntoIterator<Item = &'a str>,
+) -> anyhow::Result<()> {
     let mut counts: HashMap<&str, usize> = committed.iter().map(|id| (id.as_str(), 0)).collect();
-    for (id, _, _) in published {
+    for id in published {
         *counts
-            .get_mut(id.as_str())
+            .get_mut(id)
             .with_context(|| format!("{id} was published but never committed"))? += 1;
     }
     let missing = counts.values().filter(|n| **n == 0).count();
@@ -312,9 +376,5 @@ fn check_set(
         "{missing} committed events were not published"
     );
     anyhow::ensure!(twice == 0, "{twice} events were published more than once");
-    Ok(format!(
-        "{}/{} published once each",
-        published.len(),
-        committed.len()
-    ))
+    Ok(())
 }

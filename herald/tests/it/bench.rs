@@ -1,36 +1,24 @@
 //! `herald bench` as a smoke test: every scenario runs small and checks its own results. This
 //! is a correctness check of the benchmarks, not a timing gate.
 
-use herald_testing::{POSTGRES_URL, service_url};
+use herald_testing::{NATS_URL, POSTGRES_URL, REDIS_URL, service_url};
 
 use crate::support::herald;
 
 fn run_all(store: &str) -> serde_json::Value {
-    let output = herald()
-        .args([
-            "bench",
-            "all",
-            "--store",
-            store,
-            "--duration",
-            "1",
-            "--events",
-            "2000",
-            "--rate",
-            "100",
-            "--drain-events",
-            "3000",
-            "--json",
-        ])
-        .env("HERALD_BENCH_POSTGRES_URL", service_url(POSTGRES_URL))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    run_json(&[
+        "all",
+        "--store",
+        store,
+        "--duration",
+        "1",
+        "--events",
+        "2000",
+        "--rate",
+        "100",
+        "--drain-events",
+        "3000",
+    ])
 }
 
 fn check(report: &serde_json::Value, store: &str) {
@@ -130,6 +118,21 @@ fn report_turns_json_into_the_benchmarks_table() {
         "the drain row carries its goal: {table}"
     );
 
+    // With --json, the runs are combined into one report, as `scripts/bench` keeps them.
+    let combined = herald()
+        .args(["bench", "report", "--json"])
+        .arg(&file)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(combined.status.success());
+    let combined: serde_json::Value = serde_json::from_slice(&combined.stdout).unwrap();
+    assert_eq!(
+        combined["outcomes"].as_array().unwrap().len(),
+        4,
+        "{combined:#}"
+    );
+
     let missing = herald().args(["bench", "report"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("needs the JSON files"));
@@ -143,5 +146,137 @@ fn report_turns_json_into_the_benchmarks_table() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("is not the JSON output of `herald bench`")
+    );
+}
+
+/// Runs `herald bench` with `args` on the test PostgreSQL, and returns its JSON report.
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let output = herald()
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env("HERALD_BENCH_POSTGRES_URL", service_url(POSTGRES_URL))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn relay_runs_on_redis_and_reads_its_events_back() {
+    let report = run_json(&[
+        "relay",
+        "--broker",
+        "redis",
+        "--redis-url",
+        &service_url(REDIS_URL),
+        "--duration",
+        "1",
+        "--events",
+        "2000",
+        "--rate",
+        "100",
+    ]);
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{report:#}");
+    for outcome in outcomes {
+        assert_eq!(outcome["scenario"], "relay");
+        assert_eq!(outcome["broker"], "redis");
+        assert!(outcome["value"].as_f64().unwrap() > 0.0, "{outcome}");
+        assert!(
+            outcome["settings"]
+                .as_str()
+                .unwrap()
+                .starts_with("8 partitions; "),
+            "{outcome}"
+        );
+    }
+    assert_eq!(outcomes[0]["case"], "drain 2000 events");
+    assert_eq!(
+        outcomes[0]["checked"],
+        "2000/2000 published once each, order kept on 100 keys; 2000/2000 read back once each \
+         through a consumer group, order kept on 100 keys"
+    );
+    assert_eq!(outcomes[1]["case"], "latency at 100/s");
+    assert_eq!(
+        outcomes[1]["checked"],
+        "100/100 published once each; 100/100 read back once each through a consumer group"
+    );
+    let latency = &outcomes[1]["latency"];
+    assert_eq!(latency["count"], 100, "{latency}");
+    let (p50, p99) = (
+        latency["p50_ms"].as_f64().unwrap(),
+        latency["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{latency}");
+}
+
+#[test]
+fn limit_on_nats_is_its_raw_publish_rate() {
+    let report = run_json(&[
+        "limit",
+        "--broker",
+        "nats",
+        "--nats-url",
+        &service_url(NATS_URL),
+        "--duration",
+        "1",
+    ]);
+    let outcomes = report["outcomes"].as_array().unwrap();
+    // Only the publishes: the INSERT limit does not depend on the broker.
+    assert_eq!(outcomes.len(), 1, "{report:#}");
+    let limit = &outcomes[0];
+    assert_eq!(limit["scenario"], "limit");
+    assert_eq!(limit["case"], "raw publish, batches of 500");
+    assert_eq!(limit["broker"], "nats");
+    assert_eq!(limit["unit"], "messages/s");
+    assert!(limit["value"].as_f64().unwrap() > 0.0, "{limit}");
+    assert!(
+        limit["latency"]["p50_ms"].as_f64().unwrap() > 0.0,
+        "{limit}"
+    );
+    let confirmed: u64 = limit["checked"]
+        .as_str()
+        .unwrap()
+        .strip_suffix(" messages confirmed")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(confirmed >= 500 && confirmed.is_multiple_of(500), "{limit}");
+}
+
+#[test]
+fn real_brokers_refuse_what_they_cannot_run() {
+    let refused = |args: &[&str], why: &str| {
+        let output = herald().arg("bench").args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    };
+    refused(
+        &["relay", "--broker", "nats", "--nats-url", "localhost:4222"],
+        "--nats-url (HERALD_BENCH_NATS_URL) is not a nats address; write it like nats://127.0.0.1:4222",
+    );
+    refused(
+        &[
+            "limit",
+            "--broker",
+            "kafka",
+            "--kafka-url",
+            "kafka://somewhere",
+        ],
+        "--kafka-url (HERALD_BENCH_KAFKA_URL) is not a kafka address",
+    );
+    refused(
+        &["inbox", "--broker", "redis"],
+        "--broker redis: the inbox scenario runs only on the embedded queue",
+    );
+    refused(
+        &["all", "--broker", "rabbitmq"],
+        "--broker rabbitmq: `all` includes the drain and inbox scenarios",
     );
 }
