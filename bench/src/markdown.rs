@@ -37,6 +37,8 @@ pub enum Measure {
     /// The cost per event may exceed the same scenario's `without …` case by at most the
     /// bound (a fraction).
     AddedCostAtMost,
+    /// The main value must be at least the bound (a fraction) of its limit in the same run.
+    FractionOfLimitAtLeast,
 }
 
 /// The goals, from the project's issues.
@@ -63,6 +65,20 @@ pub const GOALS: &[Goal] = &[
         text: "adds ≤ 20% per event",
     },
     Goal {
+        scenario: "deliver",
+        case: "signed",
+        measure: Measure::AtLeast,
+        bound: 5_000.0,
+        text: "≥ 5,000 deliveries/s",
+    },
+    Goal {
+        scenario: "deliver",
+        case: "signed",
+        measure: Measure::FractionOfLimitAtLeast,
+        bound: 0.70,
+        text: "≥ 70% of plain HTTP",
+    },
+    Goal {
         scenario: "drain",
         case: "",
         measure: Measure::AtLeast,
@@ -84,11 +100,23 @@ fn limit_of(outcome: &Outcome) -> Option<(&'static str, &'static str)> {
     match outcome.scenario.as_str() {
         "relay" if outcome.case.starts_with("drain") => Some(("limit", "raw publish")),
         "drain" => Some(("limit", "raw publish")),
+        "deliver" => Some(("limit", "plain HTTP")),
         "outbox-write" if outcome.case.starts_with("1 per tx") => {
             Some(("limit", "single-row INSERT"))
         }
         _ => None,
     }
+}
+
+/// The limit `outcome` is compared with, when the same run measured it.
+fn limit_for<'a>(outcome: &Outcome, all: &[&'a Outcome]) -> Option<&'a Outcome> {
+    let (scenario, case) = limit_of(outcome)?;
+    all.iter().copied().find(|l| {
+        l.scenario == scenario
+            && l.case.starts_with(case)
+            && l.store == outcome.store
+            && l.broker == outcome.broker
+    })
 }
 
 fn goals_of(outcome: &Outcome) -> Vec<&'static Goal> {
@@ -109,6 +137,9 @@ fn verdict(goal: &Goal, outcome: &Outcome, all: &[&Outcome]) -> &'static str {
             })
             .is_some_and(|baseline| baseline.value / outcome.value - 1.0 <= goal.bound),
         Measure::AtLeast => outcome.value >= goal.bound,
+        Measure::FractionOfLimitAtLeast => {
+            limit_for(outcome, all).is_some_and(|limit| outcome.value / limit.value >= goal.bound)
+        }
         Measure::P99AtMost => outcome.latency.is_some_and(|l| l.p99_ms <= goal.bound),
         Measure::RssBelow => outcome.peak_rss_mib < goal.bound,
     };
@@ -130,23 +161,14 @@ pub fn render(reports: &[Report]) -> String {
                 .as_ref()
                 .map_or("–".to_owned(), |p| format!("{:.1}", f(p)))
         };
-        let vs_limit = limit_of(o)
-            .and_then(|(scenario, case)| {
-                all.iter().find(|l| {
-                    l.scenario == scenario
-                        && l.case.starts_with(case)
-                        && l.store == o.store
-                        && l.broker == o.broker
-                })
-            })
-            .map_or("–".to_owned(), |limit| {
-                format!(
-                    "{:.0}% of {:.0} {}",
-                    100.0 * o.value / limit.value,
-                    limit.value,
-                    limit.unit
-                )
-            });
+        let vs_limit = limit_for(o, &all).map_or("–".to_owned(), |limit| {
+            format!(
+                "{:.0}% of {:.0} {}",
+                100.0 * o.value / limit.value,
+                limit.value,
+                limit.unit
+            )
+        });
         let goals: Vec<String> = goals_of(o)
             .iter()
             .map(|g| format!("{}: {}", g.text, verdict(g, o, &all)))
@@ -290,6 +312,36 @@ mod tests {
         );
         assert!(
             text.contains("- relay / drain 20000 events / postgres / nats: all; defaults."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn deliveries_are_judged_against_plain_http() {
+        let mut report = Report::new();
+        report.outcomes = vec![
+            on(
+                "-",
+                "limit",
+                "plain HTTP POST, concurrency 32",
+                10_000.0,
+                "requests/s",
+                None,
+            ),
+            on(
+                "-",
+                "deliver",
+                "signed webhooks, concurrency 32",
+                6_000.0,
+                "deliveries/s",
+                None,
+            ),
+        ];
+        let text = render(&[report]);
+        assert!(
+            text.contains(
+                "| 60% of 10000 requests/s | ≥ 5,000 deliveries/s: met; ≥ 70% of plain HTTP: **missed** |"
+            ),
             "{text}"
         );
     }

@@ -154,6 +154,8 @@ pub enum Scenario {
     Drain,
     /// A consumer whose handler does one INSERT, with and without the inbox.
     Inbox,
+    /// Signed webhook deliveries per second to a local sink, beside a plain HTTP client's rate.
+    Deliver,
     /// The machine's raw limits: INSERT commits/s and broker publishes/s (with a real
     /// broker, only its publishes/s).
     Limit,

@@ -235,7 +235,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if !broker.is_embedded() {
         let name = broker.name();
         match args.scenario {
-            Scenario::Relay | Scenario::Limit | Scenario::OutboxWrite | Scenario::Report => {}
+            Scenario::Relay
+            | Scenario::Limit
+            | Scenario::OutboxWrite
+            | Scenario::Deliver
+            | Scenario::Report => {}
             Scenario::All => anyhow::bail!(
                 "--broker {name}: `all` includes the drain and inbox scenarios, which run only on \
                  the embedded queue; run `relay` and `limit` on their own"
@@ -290,6 +294,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         report
             .outcomes
             .extend(scenarios::drain::run(&options).await?);
+    }
+    if matches!(args.scenario, Scenario::Deliver | Scenario::All) {
+        report
+            .outcomes
+            .extend(scenarios::deliver::run(&options).await?);
     }
     if args.json {
         say(&serde_json::to_string_pretty(&report)?);

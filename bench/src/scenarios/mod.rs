@@ -7,13 +7,16 @@
 //! - [`drain`]: a relay running as its own process drains a large backlog; its CPU and memory
 //!   are measured alone.
 //! - [`inbox`]: a consumer whose handler does one INSERT, with and without the inbox.
+//! - [`deliver`]: signed webhook deliveries per second from the router to a local sink, and a
+//!   plain HTTP client's rate against the same sink, with the same concurrency.
 //! - [`limit`]: the raw limits of this machine in the same run — single-row INSERT commits per
 //!   second on the same database, and raw publishes per second to the broker — so the Herald
 //!   figures can be read as fractions of them.
 //!
 //! `relay` and `limit` run on any broker; `drain` and `inbox` need the embedded queue and
-//! refuse a real one; `outbox-write` uses no broker.
+//! refuse a real one; `outbox-write` and `deliver` use no broker.
 
+pub mod deliver;
 pub mod drain;
 pub mod inbox;
 pub mod limit;

@@ -33,7 +33,7 @@ fn check(report: &serde_json::Value, store: &str) {
             )
         })
         .collect();
-    assert_eq!(outcomes.len(), 10, "{cases:#?}");
+    assert_eq!(outcomes.len(), 12, "{cases:#?}");
     for outcome in outcomes {
         assert_eq!(outcome["store"], store);
         assert!(outcome["value"].as_f64().unwrap() > 0.0, "{outcome}");
@@ -54,6 +54,22 @@ fn check(report: &serde_json::Value, store: &str) {
     assert!(
         process["peak_rss_mib"].as_f64().unwrap() > 1.0,
         "the relay process's own memory: {process}"
+    );
+    let signed = outcomes
+        .iter()
+        .find(|o| o["scenario"] == "deliver")
+        .unwrap();
+    assert_eq!(
+        signed["checked"],
+        "2000/2000 events delivered, every signature verified, 0 duplicates; 2000 jobs delivered"
+    );
+    let plain = outcomes
+        .iter()
+        .find(|o| o["case"].as_str().unwrap().starts_with("plain HTTP"))
+        .unwrap();
+    assert_eq!(
+        plain["checked"],
+        "2000 requests answered 204 by the local sink"
     );
     let drain = outcomes
         .iter()
