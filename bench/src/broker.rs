@@ -2,22 +2,28 @@
 //! that the caller knows how to build (the `herald` binary builds it as `herald serve` does).
 //!
 //! A real broker keeps its consumer groups' state in the run's database, so it is built anew
-//! on each case's fresh database. Its topics outlive the run on the broker, so every case
-//! names its topic with [`unique_topic`]: no run ever reads another's records.
+//! on each case's fresh database. Every case names its topic with `unique_topic`, so no run
+//! ever reads another's records, and deletes it from the broker when it ends, whether it
+//! succeeded or not (`BrokerChoice::deleting_topic_after`), so runs leave nothing behind on
+//! a shared broker.
 
+use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use herald_broker::embedded::EmbeddedBroker;
+use herald_broker::log::LogBroker;
 use herald_broker::{Broker, Message, SubscribeOptions, Subscription};
 use herald_store::{MigrationSet, Store};
 
 use crate::target::Target;
 
 /// Builds a real broker whose consumer groups' state is kept in the given store (migrated
-/// with [`herald_broker::log::MIGRATIONS`]).
+/// with [`herald_broker::log::MIGRATIONS`]): a [`LogBroker`], which
+/// `BrokerChoice::delete_topic` needs to reach.
 pub type Build = Arc<dyn Fn(&Store) -> anyhow::Result<Arc<dyn Broker>> + Send + Sync>;
 
 /// Which broker a run uses.
@@ -132,10 +138,58 @@ impl BrokerChoice {
         broker: &dyn Broker,
         topic: &str,
     ) -> anyhow::Result<Option<Box<dyn Subscription>>> {
-        let subscription = broker
+        let mut subscription = broker
             .subscribe(topic, GROUP, SubscribeOptions::default())
             .await?;
-        Ok(self.is_embedded().then_some(subscription))
+        if self.is_embedded() {
+            return Ok(Some(subscription));
+        }
+        subscription.close().await;
+        Ok(None)
+    }
+
+    /// Deletes `topic` from a real broker: its records there and its groups' state in the
+    /// run's database ([`LogBroker::delete_topic`]). The topic's consumers must be closed
+    /// first. Nothing to do on the embedded queue, whose messages go with the run's database.
+    pub(crate) async fn delete_topic(
+        &self,
+        broker: &dyn Broker,
+        topic: &str,
+    ) -> anyhow::Result<()> {
+        let Self::Log { kind, .. } = self else {
+            return Ok(());
+        };
+        let any: &dyn Any = broker;
+        let log = any
+            .downcast_ref::<LogBroker>()
+            .with_context(|| format!("the {kind} broker of this run cannot delete topics"))?;
+        log.delete_topic(topic)
+            .await
+            .with_context(|| format!("cannot delete topic {topic} from the {kind} broker"))
+    }
+
+    /// Runs `case`, which uses `topic` of `broker` and closes its consumers of it before it
+    /// returns, then deletes the topic ([`BrokerChoice::delete_topic`]) whether the case
+    /// succeeded or not. The case's error wins; a deletion that fails after it is logged.
+    pub(crate) async fn deleting_topic_after<T>(
+        &self,
+        broker: &dyn Broker,
+        topic: &str,
+        case: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let outcome = case.await;
+        let deleted = self.delete_topic(broker, topic).await;
+        match (outcome, deleted) {
+            (Ok(value), deleted) => deleted.map(|()| value),
+            (Err(error), Ok(())) => Err(error),
+            (Err(error), Err(also)) => {
+                tracing::warn!(
+                    error = format!("{also:#}"),
+                    "the failed case left its topic"
+                );
+                Err(error)
+            }
+        }
     }
 }
 
@@ -149,7 +203,8 @@ pub(crate) fn unique_topic(name: &str) -> String {
 
 /// Reads `expected` messages of `topic` back through consumer group [`GROUP`], acking each,
 /// and returns them in the order received (per key, the broker's delivery order). Then
-/// waits a moment more, so that a message published twice shows up as one too many.
+/// waits a moment more, so that a message published twice shows up as one too many. Leaves
+/// the group before it returns, so the topic can be deleted.
 pub(crate) async fn read_back(
     broker: &dyn Broker,
     topic: &str,
@@ -158,6 +213,15 @@ pub(crate) async fn read_back(
     let mut subscription = broker
         .subscribe(topic, GROUP, SubscribeOptions::default())
         .await?;
+    let received = receive_all(subscription.as_mut(), expected).await;
+    subscription.close().await;
+    received
+}
+
+async fn receive_all(
+    subscription: &mut dyn Subscription,
+    expected: usize,
+) -> anyhow::Result<Vec<Message>> {
     let mut received = Vec::with_capacity(expected);
     let mut progress = crate::scenarios::Progress::new("reading back", Some(expected as u64));
     let mut last_news = Instant::now();
@@ -189,4 +253,106 @@ pub(crate) async fn read_back(
     }
     progress.finish();
     Ok(received)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Mutex;
+
+    use herald_broker::log::{Log, LogOptions, PartitionReader, Position};
+    use herald_broker::{BoxFuture, BrokerError};
+    use herald_store::StoreOptions;
+
+    use super::*;
+
+    /// A log that only records which topics were deleted.
+    #[derive(Debug, Default)]
+    struct Deletions(Mutex<Vec<String>>);
+
+    impl Log for Deletions {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+
+        fn ensure_topic<'a>(
+            &'a self,
+            _: &'a str,
+            _: u32,
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn append<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [(u32, Message)],
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn end<'a>(&'a self, _: &'a str, _: u32) -> BoxFuture<'a, Result<Position, BrokerError>> {
+            Box::pin(async { Ok(0) })
+        }
+
+        fn reader<'a>(
+            &'a self,
+            _: &'a str,
+            _: u32,
+            _: Position,
+        ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, BrokerError>> {
+            Box::pin(async { Err(BrokerError::Unavailable("no reads here".to_owned())) })
+        }
+
+        fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+            self.0.lock().unwrap().push(topic.to_owned());
+            Box::pin(async { Ok(()) })
+        }
+
+        fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cases_topic_is_deleted_whether_it_succeeds_or_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("groups.db").display());
+        let store = Store::connect(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        herald_store::migrate::migrate(&store, &[&herald_broker::log::MIGRATIONS])
+            .await
+            .unwrap();
+        let log = Arc::new(Deletions::default());
+        let broker = LogBroker::new(log.clone(), store, LogOptions::default()).unwrap();
+        let choice = BrokerChoice::Log {
+            kind: "test",
+            source: "a test".to_owned(),
+            settings: String::new(),
+            build: Arc::new(|_| anyhow::bail!("not built here")),
+        };
+
+        let value = choice
+            .deleting_topic_after(&broker, "bench.ok", async { anyhow::Ok(7) })
+            .await
+            .unwrap();
+        assert_eq!(value, 7);
+        let failed = choice
+            .deleting_topic_after(&broker, "bench.failed", async {
+                Err::<(), _>(anyhow::anyhow!("the case failed"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(failed.to_string(), "the case failed");
+        assert_eq!(*log.0.lock().unwrap(), ["bench.ok", "bench.failed"]);
+
+        // The embedded queue has nothing to delete.
+        BrokerChoice::Embedded
+            .deleting_topic_after(&broker, "bench.embedded", async { anyhow::Ok(()) })
+            .await
+            .unwrap();
+        assert_eq!(log.0.lock().unwrap().len(), 2);
+    }
 }

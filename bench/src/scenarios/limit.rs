@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use herald_broker::Message;
+use herald_broker::{Broker, Message};
 use herald_store::Store;
 use tokio::sync::Mutex;
 
@@ -130,7 +130,23 @@ async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
     herald_store::migrate::migrate(&target.store, &[options.broker.migrations()]).await?;
     let (target, broker) = options.broker.open(target).await?;
     let topic = unique_topic("raw");
-    let _group = options.broker.group_before(broker.as_ref(), &topic).await?;
+    let case = publishes_on(options, &target, broker.as_ref(), &topic);
+    let result = options
+        .broker
+        .deleting_topic_after(broker.as_ref(), &topic, case)
+        .await?;
+    target.finish().await?;
+    Ok(result)
+}
+
+/// Publishes to `topic` of `broker` for the run's duration.
+async fn publishes_on(
+    options: &Options,
+    target: &Target,
+    broker: &dyn Broker,
+    topic: &str,
+) -> anyhow::Result<Outcome> {
+    let _group = options.broker.group_before(broker, topic).await?;
     let before = crate::process::usage();
     let deadline = Instant::now() + options.duration;
     let mut progress = Progress::new("raw publishes", None);
@@ -150,7 +166,7 @@ async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
             })
             .collect::<anyhow::Result<Vec<Message>>>()?;
         let at = Instant::now();
-        broker.publish(&topic, &messages).await?;
+        broker.publish(topic, &messages).await?;
         latencies.push(at.elapsed());
         published += BATCH;
         progress.update(published as u64);
@@ -166,7 +182,7 @@ async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
     } else {
         options.broker.settings("latency per batch")
     };
-    let result = outcome(
+    Ok(outcome(
         "limit",
         format!("raw publish, batches of {BATCH}"),
         options.engine,
@@ -177,7 +193,5 @@ async fn publishes(options: &Options) -> anyhow::Result<Outcome> {
         before,
         format!("{published} messages confirmed"),
         settings,
-    );
-    target.finish().await?;
-    Ok(result)
+    ))
 }

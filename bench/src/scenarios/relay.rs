@@ -10,6 +10,7 @@
 //! commit order.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,14 +82,12 @@ impl Recording {
     }
 }
 
-/// One case's world: a fresh database with the outbox, the broker on it, a topic of its own
-/// with the checking group, and the recording wrapper the relay publishes through.
+/// One case's world: a fresh database with the outbox, the broker on it, a topic of its own,
+/// and the recording wrapper the relay publishes through.
 struct Setup {
     target: Target,
     broker: Arc<Recording>,
     topic: String,
-    /// Held through the case where the broker needs it (see `group_before`).
-    _group: Option<Box<dyn Subscription>>,
 }
 
 async fn setup(options: &Options, connections: u32) -> anyhow::Result<Setup> {
@@ -99,8 +98,6 @@ async fn setup(options: &Options, connections: u32) -> anyhow::Result<Setup> {
     )
     .await?;
     let (target, inner) = options.broker.open(target).await?;
-    let topic = unique_topic("relay");
-    let group = options.broker.group_before(inner.as_ref(), &topic).await?;
     let broker = Arc::new(Recording {
         inner,
         confirmed: Mutex::new(Vec::new()),
@@ -108,9 +105,35 @@ async fn setup(options: &Options, connections: u32) -> anyhow::Result<Setup> {
     Ok(Setup {
         target,
         broker,
-        topic,
-        _group: group,
+        topic: unique_topic("relay"),
     })
+}
+
+impl Setup {
+    /// Joins the checking group before the case publishes (see `group_before`); the
+    /// subscription, if any, is held through the case.
+    async fn group_before(
+        &self,
+        options: &Options,
+    ) -> anyhow::Result<Option<Box<dyn Subscription>>> {
+        options
+            .broker
+            .group_before(self.broker.inner.as_ref(), &self.topic)
+            .await
+    }
+
+    /// Runs `case` on this setup, then deletes the topic from a real broker whatever the
+    /// outcome (see `deleting_topic_after`).
+    async fn deleting_topic_after(
+        &self,
+        options: &Options,
+        case: impl Future<Output = anyhow::Result<Outcome>>,
+    ) -> anyhow::Result<Outcome> {
+        options
+            .broker
+            .deleting_topic_after(self.broker.inner.as_ref(), &self.topic, case)
+            .await
+    }
 }
 
 fn relay_options(topic: &str) -> RelayOptions {
@@ -181,6 +204,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
 
 async fn throughput(options: &Options) -> anyhow::Result<Outcome> {
     let setup = setup(options, 8).await?;
+    let result = setup
+        .deleting_topic_after(options, throughput_on(options, &setup))
+        .await?;
+    setup.target.finish().await?;
+    Ok(result)
+}
+
+async fn throughput_on(options: &Options, setup: &Setup) -> anyhow::Result<Outcome> {
+    let _group = setup.group_before(options).await?;
     let (target, broker) = (&setup.target, &setup.broker);
     let committed = prefill(&target.store, options.events, 1000).await?;
     let relay = Relay::new(
@@ -226,14 +258,22 @@ async fn throughput(options: &Options) -> anyhow::Result<Outcome> {
         )),
     );
     // After the outcome took its CPU and memory figures: reading back is not measured.
-    let read_back = check_read_back(options, &setup, &committed, true).await?;
+    let read_back = check_read_back(options, setup, &committed, true).await?;
     result.checked.push_str(&read_back);
-    setup.target.finish().await?;
     Ok(result)
 }
 
 async fn latency(options: &Options) -> anyhow::Result<Outcome> {
     let setup = setup(options, 32).await?;
+    let result = setup
+        .deleting_topic_after(options, latency_on(options, &setup))
+        .await?;
+    setup.target.finish().await?;
+    Ok(result)
+}
+
+async fn latency_on(options: &Options, setup: &Setup) -> anyhow::Result<Outcome> {
+    let _group = setup.group_before(options).await?;
     let (target, broker) = (&setup.target, &setup.broker);
     let relay = Arc::new(Relay::new(
         target.store.clone(),
@@ -351,9 +391,8 @@ async fn latency(options: &Options) -> anyhow::Result<Outcome> {
             target.durability
         )),
     );
-    let read_back = check_read_back(options, &setup, &in_commit_order, false).await?;
+    let read_back = check_read_back(options, setup, &in_commit_order, false).await?;
     result.checked.push_str(&read_back);
-    setup.target.finish().await?;
     Ok(result)
 }
 

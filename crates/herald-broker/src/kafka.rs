@@ -99,6 +99,20 @@
 //!   a reader closes its consumer at the first error, so a consumer rarely lives across such
 //!   a restart; the crash stays possible if the restart falls between two reads.
 //!
+//! # Deleting a topic
+//!
+//! [`delete_topic`](Log::delete_topic) deletes the Kafka topic with the admin API
+//! (`DeleteTopics`; an unknown topic is success), waits until the metadata no longer shows it,
+//! and then replaces the producer, whose cached partitions and per-partition sequence numbers
+//! belong to the old topic: a topic made again under the name starts empty at offset 0, with
+//! any partition count. Producers of other processes keep the old topic's metadata until they
+//! refresh it, so delete only topics that no process uses any more. That matters more on
+//! tansu 0.6: a consumer that fetches from a deleted topic there gets the answer that crashes
+//! librdkafka (above). So before deleting, `delete_topic` waits (up to
+//! [`KafkaOptions::request_timeout`]) until every reader of the topic in this process has
+//! closed its consumer, and fails with [`BrokerError::Invalid`] when some stay open; readers in
+//! other processes it cannot see.
+//!
 //! # Logs
 //!
 //! librdkafka's log lines and client errors go to `tracing` with target `librdkafka`.
@@ -107,6 +121,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -297,6 +312,9 @@ struct Inner {
     /// Partition counts of the Kafka topics seen so far. Kafka never removes partitions, so
     /// a count can only be too low, and a partition beyond it is looked up again.
     partitions: Mutex<HashMap<String, u32>>,
+    /// How many readers' consumers are open on each Kafka topic, counted down once a
+    /// consumer is closed, so that [`Log::delete_topic`] can wait for them.
+    consumers: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 struct CurrentProducer {
@@ -345,6 +363,7 @@ impl KafkaLog {
                     producer,
                 }),
                 partitions: Mutex::new(HashMap::new()),
+                consumers: Mutex::new(HashMap::new()),
             }),
         };
         log.ping_cluster().await?;
@@ -551,6 +570,96 @@ impl KafkaLog {
         Ok(())
     }
 
+    /// The count of open consumers of Kafka topic `name`, shared by its readers.
+    fn open_consumers(&self, name: &str) -> Arc<AtomicUsize> {
+        lock(&self.inner.consumers)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Deletes Kafka topic `name` (success if it does not exist) and waits until the
+    /// metadata no longer shows it, so that creating it again makes a new topic rather than
+    /// finding the old one on its way out. First waits for this process's readers of the
+    /// topic to close their consumers (see the module docs).
+    async fn delete(&self, topic: &str) -> Result<(), BrokerError> {
+        let name = self.kafka_name(topic)?;
+        let timeout = self.inner.options.request_timeout;
+        let open = self.open_consumers(&name);
+        let deadline = Instant::now() + timeout;
+        while open.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return Err(BrokerError::Invalid(format!(
+                    "Kafka topic {name} still has {} readers after {timeout:?}: drop them \
+                     (stop the topic's consumers) before deleting it",
+                    open.load(Ordering::SeqCst)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lock(&self.inner.partitions).remove(&name);
+        let options = AdminOptions::new()
+            .request_timeout(Some(timeout))
+            .operation_timeout(Some(timeout));
+        let what = format!("deleting Kafka topic {name}");
+        let results = self
+            .inner
+            .admin
+            .delete_topics(&[name.as_str()], &options)
+            .await
+            .map_err(|error| failed(&what, &error))?;
+        for result in results {
+            match result {
+                Ok(_)
+                | Err((
+                    _,
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                )) => {}
+                Err((_, code)) => return Err(by_code(&what, code, &code.to_string())),
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let why = match self.topic_state(&name).await? {
+                TopicState::Missing => {
+                    // The producer caches the topic's partitions and keeps sequence numbers
+                    // per partition: a topic made again under this name needs a new one.
+                    self.renew_producer();
+                    return Ok(());
+                }
+                TopicState::Exists { .. } => format!("topic {name} still shows in the metadata"),
+                TopicState::NotReady(why) => why,
+            };
+            if Instant::now() >= deadline {
+                return Err(BrokerError::Unavailable(format!(
+                    "Kafka topic {name} was not gone within {timeout:?}: {why}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Replaces the producer by a new one, whatever its generation.
+    fn renew_producer(&self) {
+        let old = {
+            let mut current = lock(&self.inner.producer);
+            match new_producer(&self.inner.options) {
+                Ok(fresh) => {
+                    current.generation += 1;
+                    std::mem::replace(&mut current.producer, fresh)
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "could not make a new Kafka producer");
+                    return;
+                }
+            }
+        };
+        // Dropping a producer joins its threads: keep that off the async threads.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || drop(old));
+        }
+    }
+
     /// The producer in use, and its generation.
     fn producer(&self) -> (u64, FutureProducer<TracingContext>) {
         let current = lock(&self.inner.producer);
@@ -710,6 +819,7 @@ impl KafkaLog {
         let from = i64::try_from(from).map_err(|_| {
             BrokerError::Invalid(format!("position {from} is beyond any Kafka offset"))
         })?;
+        let open = self.open_consumers(&name);
         let mut reader = KafkaReader {
             consumer: None,
             config: self.inner.consumer_config.clone(),
@@ -718,6 +828,7 @@ impl KafkaLog {
             kafka_partition,
             next: from,
             pending_error: None,
+            open,
         };
         reader.open()?;
         Ok(Box::new(reader))
@@ -839,6 +950,10 @@ impl Log for KafkaLog {
         Box::pin(self.open_reader(topic, partition, from))
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.delete(topic))
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(self.ping_cluster())
     }
@@ -862,6 +977,8 @@ struct KafkaReader {
     next: i64,
     /// An error met after some records, returned by the next read.
     pending_error: Option<BrokerError>,
+    /// The open consumers of the topic in this process (see `Inner::consumers`).
+    open: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for KafkaReader {
@@ -907,16 +1024,24 @@ impl KafkaReader {
             .and_then(|()| consumer.assign(&assignment))
             .map_err(|error| failed(&format!("reading {}", self.what()), &error))?;
         self.consumer = Some(consumer);
+        self.open.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Closes the consumer, off the async threads: closing a librdkafka client joins its
-    /// threads.
+    /// Closes the consumer, off the async threads (closing a librdkafka client joins its
+    /// threads), and counts it out of the topic's open consumers once it is closed.
     fn close(&mut self) {
-        if let Some(consumer) = self.consumer.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn_blocking(move || drop(consumer));
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let open = self.open.clone();
+        let closing = move || {
+            drop(consumer);
+            open.fetch_sub(1, Ordering::SeqCst);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(closing)),
+            Err(_) => closing(),
         }
     }
 

@@ -32,6 +32,7 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -103,7 +104,11 @@ pub enum BrokerError {
 }
 
 /// A message broker. See the [crate docs](crate) for the guarantees.
-pub trait Broker: Send + Sync + fmt::Debug + 'static {
+///
+/// It is [`Any`], so a tool that holds a `dyn Broker` can reach what one backend offers
+/// besides this trait (such as [`LogBroker::delete_topic`](log::LogBroker::delete_topic)) by
+/// upcasting to `&dyn Any` and downcasting.
+pub trait Broker: Any + Send + Sync + fmt::Debug {
     /// A short name for logs and metrics: `embedded`, `nats`, `kafka`, `rabbitmq`, `redis`.
     fn kind(&self) -> &'static str;
 

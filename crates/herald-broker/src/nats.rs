@@ -58,6 +58,13 @@
 //! all but by [`LogBroker`](crate::log::LogBroker) in Herald's database. While the server is
 //! away the client reconnects in the background, and operations fail with
 //! [`BrokerError::Unavailable`] after [`NatsOptions::request_timeout`].
+//!
+//! # Deleting a topic
+//!
+//! [`Log::delete_topic`] deletes the topic's stream, which removes its records, its readers'
+//! consumers and its duplicate window; a stream of that name whose description Herald did not
+//! write for the topic is refused with [`BrokerError::Invalid`] and kept. A topic made again
+//! afterwards is a new stream whose sequences start again at 1.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
@@ -320,6 +327,25 @@ impl NatsLog {
         }
     }
 
+    /// Deletes the topic's stream, with its records and the readers' consumers. A stream of
+    /// that name that Herald did not make for `topic` is left alone ([`BrokerError::Invalid`]).
+    async fn delete(&self, topic: &str) -> Result<(), BrokerError> {
+        check_topic(topic)?;
+        self.forget(topic);
+        let name = stream_name(topic);
+        match self.context.get_stream(&name).await {
+            Ok(existing) => recorded_partitions(&existing.cached_info().config, topic).map(drop)?,
+            Err(err) if is_not_found(&err) => return Ok(()),
+            Err(err) => return Err(unavailable(&format!("looking up stream {name}"), &err)),
+        }
+        match self.context.delete_stream(&name).await {
+            Ok(_) => Ok(()),
+            // Someone else deleted it meanwhile.
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(unavailable(&format!("deleting stream {name}"), &err)),
+        }
+    }
+
     fn remember(&self, topic: &str, partitions: u32) {
         if let Ok(mut known) = self.partitions.lock() {
             known.insert(topic.to_owned(), partitions);
@@ -478,6 +504,10 @@ impl Log for NatsLog {
             reader.open().await?;
             Ok(Box::new(reader) as Box<dyn PartitionReader>)
         })
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.delete(topic))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {

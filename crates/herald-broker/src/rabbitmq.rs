@@ -229,8 +229,8 @@ impl RabbitMqLog {
         Ok(Self { inner })
     }
 
-    /// Deletes every stream of `topic` and its partition-count marker, with their data. For
-    /// tests and operators; not part of [`Log`]. Deleting a topic that does not exist succeeds.
+    /// Deletes every stream of `topic` and its partition-count marker, with their data
+    /// ([`Log::delete_topic`]). Deleting a topic that does not exist succeeds.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), BrokerError> {
         check_topic(topic)?;
         let inner = &self.inner;
@@ -625,6 +625,10 @@ impl Log for RabbitMqLog {
                 .map_err(|err| missing_partition(err, topic, partition))?;
             Ok(Box::new(reader) as Box<dyn PartitionReader>)
         })
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(RabbitMqLog::delete_topic(self, topic))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {

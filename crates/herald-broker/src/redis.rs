@@ -47,8 +47,9 @@
 //! **What survives a restart** is therefore the streams and the partition counts, as far as
 //! the server persists them. Nothing else lives in Redis: consumer groups' positions, leases
 //! and dead letters are in Herald's database ([`LogBroker`](crate::log::LogBroker)); Redis
-//! consumer groups (`XGROUP`) are not used. Herald never trims a stream. An operator may
-//! `XTRIM <stream> MINID <id>` below the position every group has committed (see
+//! consumer groups (`XGROUP`) are not used. Herald never trims a stream; [`Log::delete_topic`]
+//! deletes a topic's keys (`DEL` of its partition streams, then of its partition count). An
+//! operator may `XTRIM <stream> MINID <id>` below the position every group has committed (see
 //! [`stream_id_of_position`]); trimming beyond that skips records for the groups behind.
 //!
 //! # Positions
@@ -136,6 +137,8 @@ const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// The longest block of one `XREAD`; a longer wait returns empty after this.
 const MAX_BLOCK: Duration = Duration::from_secs(24 * 60 * 60);
+/// The most keys one `DEL` of [`Log::delete_topic`] removes.
+const DELETE_CHUNK: u32 = 1_000;
 /// Bits of a position that hold the stream id's sequence number.
 const SEQ_BITS: u32 = 20;
 /// The largest sequence number a position holds.
@@ -261,6 +264,50 @@ impl RedisLog {
         if let Ok(mut counts) = self.partitions.lock() {
             counts.insert(topic.to_owned(), count);
         }
+    }
+
+    fn forget(&self, topic: &str) {
+        if let Ok(mut counts) = self.partitions.lock() {
+            counts.remove(topic);
+        }
+    }
+
+    /// Deletes the topic's partition streams, then its partition count, so that a failure
+    /// part way leaves the count for the next attempt to find the rest by.
+    async fn delete(&self, topic: &str) -> Result<(), BrokerError> {
+        check_topic(topic)?;
+        self.forget(topic);
+        let key = self.partitions_key(topic);
+        let mut connection = self.manager.clone();
+        let stored: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| unavailable(&format!("reading {key}"), &err))?;
+        let Some(stored) = stored else {
+            // Never created, or deleted already: streams exist only after the count.
+            return Ok(());
+        };
+        let count = parse_count(&key, &stored)?;
+        let mut first = 0;
+        while first < count {
+            let last = first.saturating_add(DELETE_CHUNK).min(count);
+            let mut command = ::redis::cmd("DEL");
+            for partition in first..last {
+                command.arg(self.stream_key(topic, partition));
+            }
+            let _deleted: i64 = command
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| unavailable(&format!("deleting the streams of `{topic}`"), &err))?;
+            first = last;
+        }
+        let _deleted: i64 = ::redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| unavailable(&format!("deleting {key}"), &err))?;
+        Ok(())
     }
 
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BrokerError> {
@@ -458,6 +505,10 @@ impl Log for RedisLog {
             let reader = self.open_reader(topic, partition, from).await?;
             Ok(Box::new(reader) as Box<dyn PartitionReader>)
         })
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.delete(topic))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {

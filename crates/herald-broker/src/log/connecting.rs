@@ -125,6 +125,10 @@ impl Log for Connecting {
         Box::pin(async move { self.log().await?.reader(topic, partition, from).await })
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move { self.log().await?.delete_topic(topic).await })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move { self.log().await?.ping().await })
     }

@@ -204,6 +204,24 @@ pub(super) async fn save(
     Ok(affected == 1)
 }
 
+/// Forgets every group of `topic`: their partitions (positions, leases, receive counts),
+/// members and dead letters.
+pub(super) async fn delete_topic(store: &Store, topic: &str) -> Result<(), BrokerError> {
+    let statements = [
+        "DELETE FROM herald_log_partitions WHERE topic = $1",
+        "DELETE FROM herald_log_members WHERE topic = $1",
+        "DELETE FROM herald_log_dead_letters WHERE topic = $1",
+    ];
+    on_store!(store, pool, sql => {
+        let mut tx = pool.begin().await?;
+        for text in statements {
+            sqlx::query(sql(text)).bind(topic).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
 /// Keeps a message the group gave up on.
 pub(super) async fn dead_letter(
     store: &Store,

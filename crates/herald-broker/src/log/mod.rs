@@ -73,6 +73,13 @@ pub trait Log: Send + Sync + fmt::Debug + 'static {
         from: Position,
     ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, BrokerError>>;
 
+    /// Deletes `topic`: every partition and every record in it, and what the backend keeps
+    /// about the topic (its partition count), so that a later [`Log::ensure_topic`] of the
+    /// same name makes a new, empty topic. Deleting a topic that does not exist succeeds; a
+    /// bad topic name is [`BrokerError::Invalid`]. Readers of the topic must be dropped first:
+    /// what they do afterwards is up to the backend.
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
     /// Checks that the broker answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
 }
@@ -189,6 +196,27 @@ impl LogBroker {
         limit: u32,
     ) -> Result<Vec<DeadLetter>, BrokerError> {
         group::dead_letters(&self.store, topic, group, limit).await
+    }
+
+    /// Deletes `topic` from the broker, with all its records ([`Log::delete_topic`]), and
+    /// every trace of it in the group tables: its groups' positions and leases, their members
+    /// and their dead letters. Deleting a topic that does not exist succeeds; a bad topic name
+    /// is [`BrokerError::Invalid`].
+    ///
+    /// Stop (or [`close`](Subscription::close)) every consumer of the topic first, and stop
+    /// publishing to it, in every process: a consumer still running writes its group's state
+    /// back or reads from a topic that is gone (against tansu, a Kafka reader that fetches
+    /// from it crashes its process, so the Kafka backend refuses while this process still has
+    /// one), and another process's publisher may still trust its cached partition count.
+    /// Publishing to the topic again afterwards creates it anew, empty; the first group to
+    /// join then starts at its beginning.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        check_topic(topic)?;
+        if let Ok(mut topics) = self.topics.lock() {
+            topics.remove(topic);
+        }
+        self.log.delete_topic(topic).await?;
+        group::delete_topic(&self.store, topic).await
     }
 
     async fn ensure_topic(&self, topic: &str) -> Result<(), BrokerError> {

@@ -218,3 +218,32 @@ async fn kafka_records_outlive_the_log_that_wrote_them() {
     assert_eq!(got[0].message, message("kept", Some("k")));
     assert_eq!(reader.end(&topic, 0).await.unwrap(), 1);
 }
+
+/// A consumer that fetches from a deleted topic crashes librdkafka against tansu, so
+/// `delete_topic` refuses while a reader of the topic is open, and deletes once it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_delete_waits_for_the_topics_readers() {
+    let mut options = options();
+    options.request_timeout = Duration::from_secs(2);
+    let log = KafkaLog::connect(options).await.unwrap();
+    let topic = unique_name("kafka");
+    log.ensure_topic(&topic, 1).await.unwrap();
+    log.append(&topic, &[(0, message("a", None))])
+        .await
+        .unwrap();
+    let reader = {
+        let mut reader = log.reader(&topic, 0, 0).await.unwrap();
+        let got = crate::log_contract::read_from(reader.as_mut(), 1).await;
+        assert_eq!(got[0].message, message("a", None));
+        reader
+    };
+    match log.delete_topic(&topic).await {
+        Err(BrokerError::Invalid(why)) => assert!(why.contains("1 readers"), "{why}"),
+        other => panic!("deleting a topic being read gave {other:?}"),
+    }
+    drop(reader);
+    log.delete_topic(&topic).await.unwrap();
+    log.ensure_topic(&topic, 1).await.unwrap();
+    assert_eq!(log.end(&topic, 0).await.unwrap(), 0);
+    log.delete_topic(&topic).await.unwrap();
+}

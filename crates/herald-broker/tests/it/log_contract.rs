@@ -24,6 +24,7 @@ macro_rules! log_suite {
             read_wakes_for_a_later_append,
             ensure_topic_is_idempotent_under_races,
             many_records_in_one_append,
+            a_deleted_topic_is_gone,
             ping_answers,
         ]);
     };
@@ -300,6 +301,57 @@ pub(crate) async fn many_records_in_one_append(log: Arc<dyn Log>) {
         assert_eq!(ids(&got), want);
         assert!(got.iter().all(|r| r.message.payload.len() == 4096));
     }
+}
+
+/// A deleted topic is gone with its records and its partition count: made again, with
+/// another count, it is new and empty. Deleting is idempotent, also of a topic never made, and
+/// refuses a bad name.
+pub(crate) async fn a_deleted_topic_is_gone(log: Arc<dyn Log>) {
+    let topic = topic();
+    log.ensure_topic(&topic, 2).await.unwrap();
+    let old: Vec<(u32, Message)> = (0..6u32)
+        .map(|i| (i % 2, message(&format!("old{i}"), None, b"x")))
+        .collect();
+    log.append(&topic, &old).await.unwrap();
+    assert_eq!(
+        ids(&read_n(log.as_ref(), &topic, 1, 0, 3).await),
+        ["old1", "old3", "old5"]
+    );
+
+    log.delete_topic(&topic).await.unwrap();
+    log.delete_topic(&topic).await.unwrap();
+    log.delete_topic(&self::topic()).await.unwrap();
+    for bad in ["", "a/b", "has space"] {
+        let outcome = log.delete_topic(bad).await;
+        assert!(
+            matches!(outcome, Err(BrokerError::Invalid(_))),
+            "deleting {bad:?} gave {outcome:?}"
+        );
+    }
+
+    log.ensure_topic(&topic, 3).await.unwrap();
+    for partition in 0..3u32 {
+        log.end(&topic, partition).await.unwrap();
+    }
+    let mut reader = log.reader(&topic, 1, 0).await.unwrap();
+    let left = reader.read(10, Duration::from_millis(300)).await.unwrap();
+    assert!(left.is_empty(), "records outlived their topic: {left:?}");
+    log.append(
+        &topic,
+        &[
+            (1, message("new1", None, b"y")),
+            (2, message("new2", None, b"y")),
+        ],
+    )
+    .await
+    .unwrap();
+    // From the start of each partition, only what came after the deletion.
+    assert_eq!(ids(&read_from(reader.as_mut(), 1).await), ["new1"]);
+    assert_eq!(ids(&read_n(log.as_ref(), &topic, 1, 0, 1).await), ["new1"]);
+    assert_eq!(ids(&read_n(log.as_ref(), &topic, 2, 0, 1).await), ["new2"]);
+    // Readers go first (see `Log::delete_topic`).
+    drop(reader);
+    log.delete_topic(&topic).await.unwrap();
 }
 
 /// The log answers a ping and names its kind.

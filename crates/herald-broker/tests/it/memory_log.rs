@@ -89,6 +89,18 @@ impl Log for MemoryLog {
         })
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            herald_broker::log::check_topic(topic)?;
+            self.topics.lock().unwrap().remove(topic);
+            self.partitions
+                .lock()
+                .unwrap()
+                .retain(|(name, _), _| name != topic);
+            Ok(())
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async { Ok(()) })
     }

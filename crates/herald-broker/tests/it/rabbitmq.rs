@@ -94,6 +94,10 @@ impl Log for Tidy {
         self.log.reader(topic, partition, from)
     }
 
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Log::delete_topic(&self.log, topic)
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.log.ping()
     }
