@@ -13,6 +13,7 @@ mod nats;
 mod rabbitmq;
 mod redis;
 mod restart;
+mod tidy;
 
 conformance::conformance_suite!(embedded_postgres, crate::embedded::on_postgres);
 conformance::conformance_suite!(embedded_sqlite, crate::embedded::on_sqlite);

@@ -17,6 +17,7 @@ use herald_testing::{NATS_URL, service_url, unique_name};
 
 use crate::log_contract::read_from as read_n;
 use crate::log_contract::{assert_unreachable, log_suite};
+use crate::tidy::Tidy;
 
 log_suite!(nats_log, crate::nats::connect);
 
@@ -27,10 +28,19 @@ pub(crate) async fn connect() -> Arc<dyn Log> {
     Arc::new(nats().await)
 }
 
-async fn nats() -> NatsLog {
-    herald_broker::nats::connect(NatsOptions::new(service_url(NATS_URL)))
-        .await
-        .unwrap()
+/// A log on the test server that deletes the streams of its topics when dropped.
+async fn nats() -> Tidy<NatsLog> {
+    Tidy::new(
+        herald_broker::nats::connect(NatsOptions::new(service_url(NATS_URL)))
+            .await
+            .unwrap(),
+        Box::new(|| {
+            Box::pin(async {
+                let options = NatsOptions::new(service_url(NATS_URL));
+                Ok(Arc::new(herald_broker::nats::connect(options).await?) as Arc<dyn Log>)
+            })
+        }),
+    )
 }
 
 /// A raw client of the test server, to do what Herald never does.
@@ -92,10 +102,10 @@ async fn credentials_never_print() {
 
 #[tokio::test]
 async fn another_partition_count_is_refused() {
-    let log = nats().await;
+    let log = Arc::new(nats().await);
     let topic = unique_name("nats");
     log.ensure_topic(&topic, 2).await.unwrap();
-    for (partitions, log) in [(3, nats().await), (1, log.clone())] {
+    for (partitions, log) in [(3, Arc::new(nats().await)), (1, log.clone())] {
         match log.ensure_topic(&topic, partitions).await {
             Err(BrokerError::Invalid(why)) => assert!(why.contains("2 partitions"), "{why}"),
             other => panic!("expected Invalid, got {other:?}"),

@@ -5,19 +5,20 @@
 //! Streams keep their data on disk, so every log made here is wrapped in [`Tidy`], which
 //! deletes the streams of the topics it created when the test is done.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald_broker::log::{Log, PartitionReader, Position, Record};
+use herald_broker::log::{Log, PartitionReader, Record};
 use herald_broker::rabbitmq::{RabbitMqLog, RabbitMqOptions};
-use herald_broker::{BoxFuture, BrokerError, Message};
+use herald_broker::{BrokerError, Message};
 use herald_testing::{AMQP_URL, service_url, unique_name};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::log_contract::{assert_unreachable, log_suite};
+use crate::tidy::Tidy;
 
 log_suite!(rabbitmq_log, crate::rabbitmq::connect);
 
@@ -25,111 +26,26 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A log on the test server, for the contract suite.
 pub(crate) async fn connect() -> Arc<dyn Log> {
-    Arc::new(Tidy::new(open(&service_url(AMQP_URL)).await))
+    Arc::new(tidy(open(&service_url(AMQP_URL)).await))
+}
+
+/// `log`, deleting the streams of its topics when dropped.
+fn tidy(log: RabbitMqLog) -> Tidy<RabbitMqLog> {
+    Tidy::new(
+        log,
+        Box::new(|| {
+            Box::pin(async {
+                let log = RabbitMqLog::connect(RabbitMqOptions::new(service_url(AMQP_URL))).await?;
+                Ok(Arc::new(log) as Arc<dyn Log>)
+            })
+        }),
+    )
 }
 
 async fn open(url: &str) -> RabbitMqLog {
     RabbitMqLog::connect(RabbitMqOptions::new(url))
         .await
         .unwrap_or_else(|err| panic!("cannot connect to RabbitMQ at {AMQP_URL}: {err}"))
-}
-
-/// A [`Log`] that records the topics it creates and deletes their streams when dropped.
-#[derive(Debug)]
-struct Tidy {
-    log: RabbitMqLog,
-    topics: Mutex<Vec<String>>,
-}
-
-impl Tidy {
-    fn new(log: RabbitMqLog) -> Self {
-        Self {
-            log,
-            topics: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl Log for Tidy {
-    fn kind(&self) -> &'static str {
-        self.log.kind()
-    }
-
-    fn ensure_topic<'a>(
-        &'a self,
-        topic: &'a str,
-        partitions: u32,
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        {
-            let mut topics = self.topics.lock().unwrap();
-            if !topics.iter().any(|t| t == topic) {
-                topics.push(topic.to_owned());
-            }
-        }
-        self.log.ensure_topic(topic, partitions)
-    }
-
-    fn append<'a>(
-        &'a self,
-        topic: &'a str,
-        records: &'a [(u32, Message)],
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.log.append(topic, records)
-    }
-
-    fn end<'a>(
-        &'a self,
-        topic: &'a str,
-        partition: u32,
-    ) -> BoxFuture<'a, Result<Position, BrokerError>> {
-        self.log.end(topic, partition)
-    }
-
-    fn reader<'a>(
-        &'a self,
-        topic: &'a str,
-        partition: u32,
-        from: Position,
-    ) -> BoxFuture<'a, Result<Box<dyn PartitionReader>, BrokerError>> {
-        self.log.reader(topic, partition, from)
-    }
-
-    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Log::delete_topic(&self.log, topic)
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.log.ping()
-    }
-}
-
-impl Drop for Tidy {
-    fn drop(&mut self) {
-        let topics = std::mem::take(&mut *self.topics.lock().unwrap_or_else(|e| e.into_inner()));
-        if topics.is_empty() {
-            return;
-        }
-        // Drop runs outside async code, and this log's connection belongs to the test's
-        // runtime: delete on a new connection, in a small runtime on a helper thread.
-        let url = service_url(AMQP_URL);
-        let deleted = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let log = RabbitMqLog::connect(RabbitMqOptions::new(url)).await.ok()?;
-                for topic in &topics {
-                    log.delete_topic(topic).await.ok()?;
-                }
-                Some(())
-            })
-        })
-        .join();
-        if !matches!(deleted, Ok(Some(()))) {
-            eprintln!("note: could not delete the test streams");
-        }
-    }
 }
 
 fn message(id: &str, key: Option<&str>) -> Message {
@@ -345,7 +261,7 @@ async fn rabbitmq_end_markers_are_invisible() {
 async fn rabbitmq_reconnects_after_the_connection_drops() {
     let url = service_url(AMQP_URL);
     let proxy = Proxy::start(&url).await;
-    let log = Tidy::new(open(&proxy.url).await);
+    let log = tidy(open(&proxy.url).await);
     let topic = unique_name("rmq");
     log.ensure_topic(&topic, 1).await.unwrap();
     log.append(&topic, &[(0, message("before", None))])

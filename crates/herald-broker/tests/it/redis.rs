@@ -18,6 +18,7 @@ use herald_broker::{BrokerError, Message};
 use herald_testing::{REDIS_URL, service_url, unique_name};
 
 use crate::log_contract::{assert_unreachable, log_suite};
+use crate::tidy::Tidy;
 
 log_suite!(redis_log, crate::redis::connect);
 
@@ -26,13 +27,22 @@ pub(crate) async fn connect() -> Arc<dyn Log> {
     Arc::new(open(&unique_name("herald_test")).await)
 }
 
-/// A log on the test server under key prefix `prefix`.
-async fn open(prefix: &str) -> RedisLog {
-    let options = RedisOptions {
-        key_prefix: prefix.to_owned(),
+/// A log on the test server under key prefix `prefix`, deleting its topics' keys when
+/// dropped.
+async fn open(prefix: &str) -> Tidy<RedisLog> {
+    let options = move |prefix: String| RedisOptions {
+        key_prefix: prefix,
         ..RedisOptions::new(service_url(REDIS_URL))
     };
-    redis::connect(options).await.unwrap()
+    let log = redis::connect(options(prefix.to_owned())).await.unwrap();
+    let prefix = prefix.to_owned();
+    Tidy::new(
+        log,
+        Box::new(move || {
+            let options = options(prefix.clone());
+            Box::pin(async move { Ok(Arc::new(redis::connect(options).await?) as Arc<dyn Log>) })
+        }),
+    )
 }
 
 fn message(id: &str) -> Message {
