@@ -13,7 +13,11 @@
 //!
 //! It claims that many jobs (a lease in the store, so a crashed router's jobs come back) and
 //! starts one task per claimed job: tasks exist only for requests in flight, never for
-//! waiting jobs, which stay rows. FIFO order and the absence of head-of-line blocking across
+//! waiting jobs, which stay rows. Under load a claim per freed slot would bound the router by
+//! the claim query's latency, so when neither a rate limit nor a breaker probe is in play it
+//! claims up to the subscription's share at once and keeps the rest *ahead*, started first as
+//! slots free; jobs ahead are given back (due again at once) when the breaker stops admitting,
+//! after 10 s of waiting, and when the router stops. FIFO order and the absence of head-of-line blocking across
 //! keys come from the claim (see [`job`](crate::job)). When nothing could be claimed the loop
 //! sleeps until a delivery finishes, it is woken, or `poll_interval` passes.
 //!
@@ -25,7 +29,7 @@
 //! honouring `Retry-After`, until the subscription's `max_attempts`, when the job is dead
 //! (the dead-letter queue is the jobs in status `dead`; the API retries them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,7 +112,13 @@ struct SubState {
     subscription: Arc<Subscription>,
     breaker: Arc<Mutex<Breaker>>,
     in_flight: Arc<AtomicU32>,
+    /// Jobs claimed ahead of free slots, with when: started first, given back when stale.
+    ahead: Mutex<VecDeque<(Claimed, Instant)>>,
 }
+
+/// How long a job claimed ahead may wait for a free slot before it is given back (well within
+/// its lease, which is the request timeout plus 30 s).
+const AHEAD_STALE: Duration = Duration::from_secs(10);
 
 /// See the [module docs](self).
 #[derive(Debug)]
@@ -203,6 +213,9 @@ impl Engine {
             }
         }
         tracing::info!(in_flight = tasks.len(), "the router is stopping");
+        for sub in &subs {
+            self.give_back(sub).await;
+        }
         while tasks.join_next().await.is_some() {}
         Ok(())
     }
@@ -307,6 +320,7 @@ impl Engine {
                     subscription: Arc::new(fresh),
                     breaker: Arc::new(Mutex::new(Breaker::new(self.options.breaker))),
                     in_flight: Arc::new(AtomicU32::new(0)),
+                    ahead: Mutex::new(VecDeque::new()),
                 },
             };
             subs.push(state);
@@ -338,6 +352,10 @@ impl Engine {
             return (Vec::new(), None);
         }
         let admits = lock(&sub.breaker).admits();
+        if admits != Admits::Any {
+            // Jobs claimed ahead wait for a breaker that may stay open: give them back.
+            self.give_back(sub).await;
+        }
         match admits {
             Admits::None => return (Vec::new(), None),
             Admits::Probe => wanted = 1,
@@ -351,20 +369,50 @@ impl Engine {
             }
             wanted = tokens;
         }
-        let lease_ms = i64::try_from(self.options.request_timeout.as_millis())
-            .unwrap_or(i64::MAX / 2)
-            .saturating_add(30_000);
-        let claimed = match job::claim(&self.store, sub.subscription.id, wanted, lease_ms).await {
-            Ok(claimed) => claimed,
-            Err(err) => {
-                tracing::warn!(
-                    subscription_id = %sub.subscription.id,
-                    error = herald_core::error_chain(&err),
-                    "cannot claim dispatch jobs"
-                );
-                Vec::new()
+        let mut claimed = Vec::new();
+        let mut stale = Vec::new();
+        {
+            let mut ahead = lock(&sub.ahead);
+            while claimed.len() < wanted as usize
+                && let Some((job, at)) = ahead.pop_front()
+            {
+                if at.elapsed() < AHEAD_STALE {
+                    claimed.push(job);
+                } else {
+                    stale.push(job);
+                }
             }
-        };
+        }
+        self.release(stale).await;
+        let need = wanted.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
+        if need > 0 {
+            // One claim query per freed slot would bound the router by the query's latency:
+            // claim up to the subscription's share at once and keep the rest ahead. Not with
+            // a rate limit or a probe, which must not hold more than they may start.
+            let extra = if admits == Admits::Any && pool.bucket.is_none() {
+                share.saturating_sub(need)
+            } else {
+                0
+            };
+            let lease_ms = i64::try_from(self.options.request_timeout.as_millis())
+                .unwrap_or(i64::MAX / 2)
+                .saturating_add(30_000);
+            match job::claim(&self.store, sub.subscription.id, need + extra, lease_ms).await {
+                Ok(mut fresh) => {
+                    let keep = fresh.split_off((need as usize).min(fresh.len()));
+                    claimed.append(&mut fresh);
+                    let now = Instant::now();
+                    lock(&sub.ahead).extend(keep.into_iter().map(|job| (job, now)));
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        subscription_id = %sub.subscription.id,
+                        error = herald_core::error_chain(&err),
+                        "cannot claim dispatch jobs"
+                    );
+                }
+            }
+        }
         if let Some(bucket) = &pool.bucket {
             let used = u32::try_from(claimed.len()).unwrap_or(tokens);
             bucket.refund(tokens.saturating_sub(used));
@@ -374,6 +422,24 @@ impl Engine {
             let _ = lock(&sub.breaker).allow();
         }
         (claimed, None)
+    }
+
+    /// Gives back every job `sub` claimed ahead.
+    async fn give_back(&self, sub: &SubState) {
+        let jobs: Vec<Claimed> = lock(&sub.ahead).drain(..).map(|(job, _)| job).collect();
+        self.release(jobs).await;
+    }
+
+    /// Releases `jobs` in the store, so they are due again now rather than when their lease
+    /// runs out.
+    async fn release(&self, jobs: Vec<Claimed>) {
+        if let Err(err) = job::release(&self.store, &jobs).await {
+            tracing::warn!(
+                jobs = jobs.len(),
+                error = herald_core::error_chain(&err),
+                "cannot give claimed jobs back; they are due again when their lease runs out"
+            );
+        }
     }
 
     /// The task that makes one attempt at `job` and records it.

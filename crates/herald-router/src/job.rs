@@ -199,6 +199,29 @@ pub async fn event_body(store: &Store, event_id: &str) -> Result<Option<String>,
     })
 }
 
+/// Gives claimed jobs back without an attempt: they are due again at once, for any router.
+/// A job whose lease was lost meanwhile is left alone.
+pub async fn release(store: &Store, jobs: &[Claimed]) -> Result<(), sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let text = "UPDATE herald_dispatch_jobs SET status = 'pending', lease = NULL, \
+                locked_until = NULL, updated_at = $3 \
+                WHERE id = $1 AND lease = $2 AND status = 'delivering'";
+    on_store!(store, pool, sql => {
+        for job in jobs {
+            sqlx::query(sql(text))
+                .bind(job.id.as_uuid())
+                .bind(job.lease)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        }
+    });
+    Ok(())
+}
+
 /// One attempt, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {

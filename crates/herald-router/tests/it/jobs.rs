@@ -207,7 +207,47 @@ async fn purge_removes_only_finished_jobs_and_unneeded_events(db: TestDb) {
     );
 }
 
+async fn released_jobs_are_due_again_with_nothing_recorded(db: TestDb) {
+    migrate(&db).await;
+    let store = db.store();
+    let fifo = subscribe(store, "test.*", "http://127.0.0.1:9/hook", true, 5).await;
+    let subs = [(fifo.id, true)];
+    dispatch(store, "k1", Some("K"), &subs).await;
+    dispatch(store, "k2", Some("K"), &subs).await;
+    dispatch(store, "n1", None, &subs).await;
+    let claimed = job::claim(store, fifo.id, 10, 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 2, "k1 and n1; k2 waits behind k1");
+    job::release(store, &claimed).await.unwrap();
+    // Released, the same jobs are claimable at once, still first of their group, with no
+    // attempt counted.
+    let again = job::claim(store, fifo.id, 10, 60_000).await.unwrap();
+    let mut ids: Vec<&str> = again.iter().map(|c| c.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["k1", "n1"]);
+    assert!(again.iter().all(|c| c.attempts == 0));
+    // A stale holder's release changes nothing: the new lease still finishes the job.
+    job::release(store, &claimed).await.unwrap();
+    assert!(
+        job::claim(store, fifo.id, 10, 60_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the new holder keeps its jobs"
+    );
+    for job in &again {
+        assert!(
+            job::finish(store, job, &delivered_at(1), Next::Delivered)
+                .await
+                .unwrap()
+        );
+    }
+    let last = job::claim(store, fifo.id, 10, 60_000).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].event_id, "k2");
+}
+
 on_both_stores!(
+    released_jobs_are_due_again_with_nothing_recorded,
     purge_removes_only_finished_jobs_and_unneeded_events,
     a_fifo_group_releases_its_jobs_one_at_a_time,
     an_expired_lease_is_claimed_again_and_the_old_holder_is_fenced,
