@@ -134,6 +134,7 @@ fn verdict(goal: &Goal, outcome: &Outcome, all: &[&Outcome]) -> &'static str {
                 b.scenario == outcome.scenario
                     && b.case.starts_with("without")
                     && b.store == outcome.store
+                    && b.broker == outcome.broker
             })
             .is_some_and(|baseline| baseline.value / outcome.value - 1.0 <= goal.bound),
         Measure::AtLeast => outcome.value >= goal.bound,

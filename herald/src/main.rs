@@ -237,21 +237,17 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         match args.scenario {
             Scenario::Relay
             | Scenario::Limit
+            | Scenario::Inbox
             | Scenario::OutboxWrite
             | Scenario::Deliver
             | Scenario::Report => {}
             Scenario::All => anyhow::bail!(
-                "--broker {name}: `all` includes the drain and inbox scenarios, which run only on \
-                 the embedded queue; run `relay` and `limit` on their own"
+                "--broker {name}: `all` includes the drain scenario, which runs only on the \
+                 embedded queue; run `relay`, `inbox` and `limit` on their own"
             ),
-            Scenario::Drain | Scenario::Inbox => anyhow::bail!(
-                "--broker {name}: the {} scenario runs only on the embedded queue; `relay` and \
-                 `limit` run on every broker",
-                if args.scenario == Scenario::Drain {
-                    "drain"
-                } else {
-                    "inbox"
-                }
+            Scenario::Drain => anyhow::bail!(
+                "--broker {name}: the drain scenario runs only on the embedded queue; `relay`, \
+                 `inbox` and `limit` run on every broker"
             ),
         }
     }

@@ -13,17 +13,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use herald_broker::embedded::EmbeddedBroker;
 use herald_broker::{BoxFuture, Broker, Message, SubscribeOptions};
 use herald_core::Event;
 use herald_inbox::{Consumer, ConsumerOptions, Handler, HandlerError, Tx};
 use herald_store::Store;
 
 use super::{KEYS, Options, Progress, outcome, sample_event};
+use crate::broker::unique_topic;
 use crate::report::Outcome;
 use crate::target::Target;
 
-const TOPIC: &str = "bench.inbox";
 const GROUP: &str = "bench";
 const CONCURRENCY: usize = 8;
 /// The most messages a case consumes.
@@ -34,7 +33,6 @@ const INSERT_SQLITE: &str = "INSERT INTO bench_effects (event_id, data) VALUES (
 
 /// Runs both cases; the second reports the inbox's added cost against the first.
 pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
-    super::embedded_only(options, "inbox")?;
     let messages = options.events.min(MAX_MESSAGES);
     let mut plain = case(options, messages, false).await?;
     let mut with_inbox = case(options, messages, true).await?;
@@ -100,10 +98,7 @@ async fn case(options: &Options, messages: usize, inbox: bool) -> anyhow::Result
     .await?;
     herald_store::migrate::migrate(
         &target.store,
-        &[
-            &herald_broker::embedded::MIGRATIONS,
-            &herald_inbox::MIGRATIONS,
-        ],
+        &[options.broker.migrations(), &herald_inbox::MIGRATIONS],
     )
     .await?;
     let create = "CREATE TABLE bench_effects (event_id TEXT PRIMARY KEY, data TEXT NOT NULL)";
@@ -111,10 +106,32 @@ async fn case(options: &Options, messages: usize, inbox: bool) -> anyhow::Result
         Store::Postgres(pool) => sqlx::raw_sql(create).execute(pool).await.map(drop)?,
         Store::Sqlite(pool) => sqlx::raw_sql(create).execute(pool).await.map(drop)?,
     }
-    let broker: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new(target.store.clone()));
+    let (target, broker) = options.broker.open(target).await?;
+    let topic = unique_topic("inbox");
+    let result = options
+        .broker
+        .deleting_topic_after(
+            broker.as_ref(),
+            &topic,
+            consume(options, &target, &broker, &topic, messages, inbox),
+        )
+        .await;
+    target.finish().await?;
+    result
+}
+
+/// Publishes `messages` to `topic` and consumes them once, with or without the inbox.
+async fn consume(
+    options: &Options,
+    target: &Target,
+    broker: &Arc<dyn Broker>,
+    topic: &str,
+    messages: usize,
+    inbox: bool,
+) -> anyhow::Result<Outcome> {
     // The group must exist before the messages are published.
-    let subscription = broker
-        .subscribe(TOPIC, GROUP, SubscribeOptions::default())
+    let mut subscription = broker
+        .subscribe(topic, GROUP, SubscribeOptions::default())
         .await?;
     let mut published = 0;
     while published < messages {
@@ -129,7 +146,7 @@ async fn case(options: &Options, messages: usize, inbox: bool) -> anyhow::Result
                 }
             })
             .collect();
-        broker.publish(TOPIC, &batch).await?;
+        broker.publish(topic, &batch).await?;
         published += batch.len();
     }
 
@@ -137,9 +154,10 @@ async fn case(options: &Options, messages: usize, inbox: bool) -> anyhow::Result
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
+    subscription.close().await;
+    drop(subscription);
     if inbox {
-        drop(subscription);
-        let mut consumer_options = ConsumerOptions::new(GROUP, TOPIC);
+        let mut consumer_options = ConsumerOptions::new(GROUP, topic);
         consumer_options.concurrency = CONCURRENCY;
         consumer_options.receive_wait = Duration::from_millis(200);
         let consumer = Consumer::new(
@@ -161,12 +179,12 @@ async fn case(options: &Options, messages: usize, inbox: bool) -> anyhow::Result
                 .context("the consumer failed")
         });
     } else {
-        drop(subscription);
         for _ in 0..CONCURRENCY {
             let (broker, store, stop) = (broker.clone(), target.store.clone(), stop.clone());
+            let topic = topic.to_owned();
             workers.spawn(async move {
                 let mut subscription = broker
-                    .subscribe(TOPIC, GROUP, SubscribeOptions::default())
+                    .subscribe(&topic, GROUP, SubscribeOptions::default())
                     .await?;
                 while !stop.load(Ordering::Relaxed) {
                     for delivery in subscription.receive(16, Duration::from_millis(200)).await? {
@@ -201,6 +219,7 @@ async fn case(options: &Options, messages: usize, inbox: bool) -> anyhow::Result
                         delivery.ack().await?;
                     }
                 }
+                subscription.close().await;
                 anyhow::Ok(())
             });
         }
@@ -248,17 +267,16 @@ async fn case(options: &Options, messages: usize, inbox: bool) -> anyhow::Result
             "without the inbox".to_owned()
         },
         options.engine,
-        "embedded",
+        options.broker.name(),
         messages as f64 / elapsed.as_secs_f64(),
         "events/s",
         None,
         before,
         format!("{done} effects for {messages} messages, one per event id"),
-        format!(
+        options.broker.settings(&format!(
             "handler: one INSERT; concurrency {CONCURRENCY}, {KEYS} keys; {}",
             target.durability
-        ),
+        )),
     );
-    target.finish().await?;
     Ok(result)
 }

@@ -13,8 +13,8 @@
 //!   second on the same database, and raw publishes per second to the broker — so the Herald
 //!   figures can be read as fractions of them.
 //!
-//! `relay` and `limit` run on any broker; `drain` and `inbox` need the embedded queue and
-//! refuse a real one; `outbox-write` and `deliver` use no broker.
+//! `relay`, `inbox` and `limit` run on any broker; `drain` needs the embedded queue and
+//! refuses a real one; `outbox-write` and `deliver` use no broker.
 
 pub mod deliver;
 pub mod drain;
