@@ -165,6 +165,24 @@ impl Shared {
     fn lease_until(&self) -> i64 {
         now_ms() + millis(self.log_options.session_timeout)
     }
+
+    /// Writes the progress of a partition this consumer keeps, renewing its lease; a
+    /// partition whose claim was taken over meanwhile is lost (see [`lose`]).
+    async fn save_held(&self, progress: &Progress) -> Result<(), BrokerError> {
+        let kept = group::save(
+            &self.store,
+            &self.topic,
+            &self.group,
+            &self.member,
+            progress,
+            Some(self.lease_until()),
+        )
+        .await?;
+        if !kept {
+            lose(self, progress);
+        }
+        Ok(())
+    }
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -317,18 +335,7 @@ async fn rebalance(shared: &Arc<Shared>) -> Result<(), BrokerError> {
         (save, release)
     };
     for progress in &to_save {
-        let kept = group::save(
-            &shared.store,
-            &shared.topic,
-            &shared.group,
-            &shared.member,
-            progress,
-            Some(shared.lease_until()),
-        )
-        .await?;
-        if !kept {
-            lose(shared, progress);
-        }
+        shared.save_held(progress).await?;
     }
     for progress in &to_release {
         // Dropped first, so nothing more is handed out; then written and let go.
@@ -718,18 +725,7 @@ impl Subscription for LogSubscription {
                 }
                 if !pass.picked.is_empty() {
                     for progress in &pass.saves {
-                        let kept = group::save(
-                            &shared.store,
-                            &shared.topic,
-                            &shared.group,
-                            &shared.member,
-                            progress,
-                            Some(shared.lease_until()),
-                        )
-                        .await?;
-                        if !kept {
-                            lose(shared, progress);
-                        }
+                        shared.save_held(progress).await?;
                     }
                     let deliveries = pass
                         .picked
