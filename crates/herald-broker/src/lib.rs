@@ -29,6 +29,8 @@ pub mod log;
 pub mod nats;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(any(feature = "nats", feature = "rabbitmq", feature = "redis"))]
+mod redact;
 #[cfg(feature = "redis")]
 pub mod redis;
 

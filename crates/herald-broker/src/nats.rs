@@ -87,6 +87,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::log::{Log, PartitionReader, Position, Record, check_topic};
+use crate::redact::redact_url;
 use crate::{BoxFuture, BrokerError, Message};
 
 /// The header with a record's id, key and headers; see the [module docs](self).
@@ -149,7 +150,7 @@ impl Default for NatsOptions {
 impl fmt::Debug for NatsOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsOptions")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("replicas", &self.replicas)
@@ -170,7 +171,10 @@ pub async fn connect(options: NatsOptions) -> Result<NatsLog, BrokerError> {
         .filter(|u| !u.is_empty())
     {
         let server = url.parse::<ServerAddr>().map_err(|err| {
-            BrokerError::Invalid(format!("the NATS URL `{}` is invalid: {err}", redact(url)))
+            BrokerError::Invalid(format!(
+                "the NATS URL `{}` is invalid: {err}",
+                redact_url(url)
+            ))
         })?;
         servers.push(server);
     }
@@ -202,14 +206,14 @@ pub async fn connect(options: NatsOptions) -> Result<NatsLog, BrokerError> {
         Ok(Err(err)) => {
             return Err(BrokerError::Unavailable(format!(
                 "cannot connect to NATS at {}: {}",
-                redact(&options.url),
+                redact_url(&options.url),
                 error_chain(&err)
             )));
         }
         Err(_) => {
             return Err(BrokerError::Unavailable(format!(
                 "connecting to NATS at {} took longer than {:?}",
-                redact(&options.url),
+                redact_url(&options.url),
                 options.connect_timeout
             )));
         }
@@ -515,7 +519,7 @@ impl Log for NatsLog {
             if self.client.connection_state() != State::Connected {
                 return Err(BrokerError::Unavailable(format!(
                     "not connected to NATS at {}",
-                    redact(&self.options.url)
+                    redact_url(&self.options.url)
                 )));
             }
             // The raw request, not `query_account`, whose answer type NATS 2.9 does not match.
@@ -1001,20 +1005,6 @@ fn percent_encode(text: &str) -> String {
     encoded
 }
 
-/// `url` without its user information (a password or a token).
-fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|one| match (one.find("://"), one.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://***@{}", &one[..scheme], &one[at + 1..])
-            }
-            (None, Some(at)) => format!("***@{}", &one[at + 1..]),
-            _ => one.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1110,18 +1100,5 @@ mod tests {
         assert!(recorded_partitions(&config, "t.x").is_err());
         config.description = None;
         assert!(recorded_partitions(&config, "t.x").is_err());
-    }
-
-    #[test]
-    fn credentials_are_redacted() {
-        assert_eq!(
-            redact("nats://user:secret@host:4222"),
-            "nats://***@host:4222"
-        );
-        assert_eq!(
-            redact("nats://a:4222,tls://tok@b:4222"),
-            "nats://a:4222,tls://***@b:4222"
-        );
-        assert_eq!(redact("host:4222"), "host:4222");
     }
 }
