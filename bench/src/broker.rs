@@ -42,7 +42,20 @@ pub enum BrokerChoice {
         settings: String,
         /// Makes it.
         build: Build,
+        /// How a `herald serve` process is told to use the same broker.
+        serve: ServeWith,
     },
+}
+
+/// How a `herald serve` process started by a scenario is told to use a real broker: lines of
+/// its `[broker]` section, and environment variables for what must not be written to a file
+/// (the address, which may hold a password).
+#[derive(Debug, Clone, Default)]
+pub struct ServeWith {
+    /// The body of `[broker]`, e.g. `kind = "kafka"`, one setting a line.
+    pub section: String,
+    /// `HERALD_BROKER__*` variables, e.g. the URL.
+    pub env: Vec<(String, herald_core::Secret<String>)>,
 }
 
 impl fmt::Debug for BrokerChoice {
@@ -54,11 +67,13 @@ impl fmt::Debug for BrokerChoice {
                 source,
                 settings,
                 build: _,
+                serve,
             } => f
                 .debug_struct("Log")
                 .field("kind", kind)
                 .field("source", source)
                 .field("settings", settings)
+                .field("serve", serve)
                 .finish_non_exhaustive(),
         }
     }
@@ -76,6 +91,15 @@ impl BrokerChoice {
     /// Whether this is the embedded queue.
     pub fn is_embedded(&self) -> bool {
         matches!(self, Self::Embedded)
+    }
+
+    /// How a `herald serve` process is told to use this broker; nothing for the embedded
+    /// queue, which is `herald serve`'s default.
+    pub(crate) fn serve_with(&self) -> ServeWith {
+        match self {
+            Self::Embedded => ServeWith::default(),
+            Self::Log { serve, .. } => serve.clone(),
+        }
     }
 
     /// The schema the broker needs in the run's database.
@@ -332,6 +356,7 @@ mod tests {
             source: "a test".to_owned(),
             settings: String::new(),
             build: Arc::new(|_| anyhow::bail!("not built here")),
+            serve: ServeWith::default(),
         };
 
         let value = choice

@@ -51,8 +51,10 @@ pub struct ServeArgs {
     pub check: bool,
 }
 
-/// Options of `herald bench`.
+/// Options of `herald bench`. An option given twice takes its last value, so a script can
+/// set defaults that the caller's arguments after them override.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct BenchArgs {
     /// What to measure (or `report`, to turn JSON results into a Markdown table).
     #[arg(value_enum)]
@@ -63,8 +65,8 @@ pub struct BenchArgs {
     /// The database engine.
     #[arg(long, value_enum, default_value = "postgres")]
     pub store: BenchStore,
-    /// The broker. `relay` and `limit` run on every broker, a real one at the address given
-    /// by its option below; the other scenarios need the embedded queue.
+    /// The broker. `relay`, `drain`, `inbox` and `limit` run on every broker, a real one at
+    /// the address given by its option below; `outbox-write` and `deliver` use no broker.
     #[arg(long, value_enum, default_value = "embedded")]
     pub broker: BenchBroker,
     /// Seconds each timed case runs.

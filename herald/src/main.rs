@@ -232,25 +232,6 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     let broker = bench_broker(args)?;
-    if !broker.is_embedded() {
-        let name = broker.name();
-        match args.scenario {
-            Scenario::Relay
-            | Scenario::Limit
-            | Scenario::Inbox
-            | Scenario::OutboxWrite
-            | Scenario::Deliver
-            | Scenario::Report => {}
-            Scenario::All => anyhow::bail!(
-                "--broker {name}: `all` includes the drain scenario, which runs only on the \
-                 embedded queue; run `relay`, `inbox` and `limit` on their own"
-            ),
-            Scenario::Drain => anyhow::bail!(
-                "--broker {name}: the drain scenario runs only on the embedded queue; `relay`, \
-                 `inbox` and `limit` run on every broker"
-            ),
-        }
-    }
     let options = Options {
         engine: match args.store {
             BenchStore::Postgres => Engine::Postgres,
@@ -344,6 +325,17 @@ fn bench_broker(args: &BenchArgs) -> anyhow::Result<herald_bench::broker::Broker
     if one_record_per_batch {
         settings.push_str(", one record per Kafka batch");
     }
+    let mut section = format!("kind = \"{}\"\n", kind.name());
+    if one_record_per_batch {
+        section.push_str("one_record_per_batch = true\n");
+    }
+    let serve = herald_bench::broker::ServeWith {
+        section,
+        env: vec![(
+            "HERALD_BROKER__URL".to_owned(),
+            herald_core::Secret::new(url.clone()),
+        )],
+    };
     let config = BrokerConfig::Log {
         kind,
         url: herald_core::Secret::new(url.clone()),
@@ -356,5 +348,6 @@ fn bench_broker(args: &BenchArgs) -> anyhow::Result<herald_bench::broker::Broker
         source: source.to_owned(),
         settings,
         build: std::sync::Arc::new(move |store| runtime::build_broker(&config, store)),
+        serve,
     })
 }

@@ -13,8 +13,8 @@
 //!   second on the same database, and raw publishes per second to the broker — so the Herald
 //!   figures can be read as fractions of them.
 //!
-//! `relay`, `inbox` and `limit` run on any broker; `drain` needs the embedded queue and
-//! refuses a real one; `outbox-write` and `deliver` use no broker.
+//! `relay`, `drain`, `inbox` and `limit` run on any broker; `outbox-write` and `deliver`
+//! use no broker.
 
 pub mod deliver;
 pub mod drain;
@@ -52,16 +52,6 @@ pub struct Options {
     pub drain_events: usize,
     /// Concurrent producers.
     pub producers: usize,
-}
-
-/// Fails unless the run uses the embedded queue: `scenario` measures nothing else.
-pub(crate) fn embedded_only(options: &Options, scenario: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        options.broker.is_embedded(),
-        "the {scenario} scenario runs only on the embedded queue, not on {}",
-        options.broker.name()
-    );
-    Ok(())
 }
 
 /// Partition keys used by the scenarios.
