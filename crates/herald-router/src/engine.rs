@@ -545,9 +545,9 @@ async fn attempt(
     pool: &PoolLabels,
 ) {
     let started_at = now_ms();
-    let body = match job::event_body(store, &job.event_id).await {
-        Ok(Some(body)) => body,
-        Ok(None) => {
+    let body = match &job.body {
+        Some(body) => body,
+        None => {
             let attempt = Attempt {
                 started_at,
                 status_code: None,
@@ -558,20 +558,12 @@ async fn attempt(
             record(store, job, &attempt, Next::Dead).await;
             return;
         }
-        Err(err) => {
-            tracing::warn!(
-                error = herald_core::error_chain(&err),
-                "cannot read an event to deliver"
-            );
-            // The lease runs out and the job is claimed again.
-            return;
-        }
     };
     let answer = mediator
         .send(mediator::Request {
             url: &subscription.url,
             event_id: &job.event_id,
-            body: &body,
+            body,
             secret: &subscription.secret,
             headers: &subscription.headers,
         })
