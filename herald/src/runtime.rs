@@ -43,7 +43,11 @@ pub struct Runtime {
 
 /// Every schema the configured components need, in dependency order.
 pub fn migration_sets(config: &Config) -> Vec<&'static MigrationSet> {
-    let mut sets = vec![&herald_outbox::MIGRATIONS, &herald_platform::MIGRATIONS];
+    let mut sets = vec![
+        &herald_outbox::MIGRATIONS,
+        &herald_leader::MIGRATIONS,
+        &herald_platform::MIGRATIONS,
+    ];
     match config.broker {
         BrokerConfig::Embedded => sets.push(&herald_broker::embedded::MIGRATIONS),
         BrokerConfig::Log { .. } => sets.push(&herald_broker::log::MIGRATIONS),
@@ -196,11 +200,30 @@ impl Runtime {
             wake = Some(Arc::new(move || waker.wake()) as herald_platform::Wake);
             let groups = consumer_groups(config);
             let declare_on = broker.clone();
+            let relay = Arc::new(relay);
+            let lease_store = store.clone();
+            let leader = herald_leader::LeaderOptions {
+                ttl: config.relay.lease_ttl.0,
+                retry: (config.relay.lease_ttl.0 / 10).max(Duration::from_millis(100)),
+            };
             spawn_role(&mut tasks, &shutdown, "relay", move |mut stop| async move {
                 if !declare_groups(&declare_on, &groups, &mut stop).await {
                     return Ok(());
                 }
-                relay.run(stop).await
+                // One relay per outbox leads; the others stand by to take over.
+                let holder = instance_name();
+                herald_leader::lead(
+                    lease_store,
+                    RELAY_LEASE,
+                    &holder,
+                    leader,
+                    stop,
+                    |fence, lost| {
+                        let relay = relay.clone();
+                        async move { relay.run_fenced(fence, lost.wait()).await }
+                    },
+                )
+                .await
             });
         }
 
@@ -311,6 +334,23 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The relay's lease: one per outbox, i.e. per database.
+pub const RELAY_LEASE: &str = "outbox-relay";
+
+/// This process, as a lease holder: the host, the process id and a random part (a process
+/// id can come back after a restart).
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        &random[random.len() - 8..]
+    )
 }
 
 /// Runs a background role; `run` gets a future that completes at shutdown. Its error is

@@ -31,7 +31,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
     let target = Target::create(options.engine, &options.postgres_url, 4).await?;
     herald_store::migrate::migrate(
         &target.store,
-        &[&herald_outbox::MIGRATIONS, options.broker.migrations()],
+        &[
+            &herald_outbox::MIGRATIONS,
+            &herald_leader::MIGRATIONS,
+            options.broker.migrations(),
+        ],
     )
     .await?;
     let (target, broker) = options.broker.open(target).await?;

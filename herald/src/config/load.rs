@@ -427,6 +427,24 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_lease_is_bounded() {
+        for (ttl, ok) in [("500ms", false), ("1s", true), ("5m", true), ("6m", false)] {
+            let f = file(&format!(
+                "[store]\nurl = \"sqlite:herald.db\"\n[relay]\nlease_ttl = \"{ttl}\"\n"
+            ));
+            let result = load(toml::Table::new(), Some(f.path()), env(&[]));
+            if ok {
+                assert!(result.is_ok(), "{ttl}: {result:?}");
+            } else {
+                let found = problems(result);
+                assert_eq!(found.len(), 1, "{ttl}: {found:#?}");
+                assert_eq!(found[0].key, "relay.lease_ttl");
+                assert_eq!(found[0].message, "must be between 1s and 5m");
+            }
+        }
+    }
+
+    #[test]
     fn secrets_are_not_echoed() {
         let f = file("[api]\nadmin_token = 123456789\n");
         let text =

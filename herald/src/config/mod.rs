@@ -113,6 +113,9 @@ pub struct RelaySection {
     /// How long one publish may take before it counts as failed (1s to 10m). On SQLite, rows
     /// of a relay that died mid-publish are published again about this long plus 40 s later.
     pub publish_timeout: HumanDuration,
+    /// The relay's lease (1s to 5m): of several instances with the relay role, one leads and
+    /// relays; when it dies, another takes over within about this long.
+    pub lease_ttl: HumanDuration,
 }
 
 impl Default for RelaySection {
@@ -122,6 +125,7 @@ impl Default for RelaySection {
             batch_size: 500,
             max_attempts: 10,
             publish_timeout: HumanDuration(Duration::from_secs(30)),
+            lease_ttl: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -408,6 +412,9 @@ impl RawConfig {
             .contains(&self.relay.publish_timeout.0)
         {
             problems.push(sources.problem("relay.publish_timeout", "must be between 1s and 10m"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.relay.lease_ttl.0) {
+            problems.push(sources.problem("relay.lease_ttl", "must be between 1s and 5m"));
         }
         if !(1..=1000).contains(&self.relay.max_attempts) {
             problems.push(sources.problem(

@@ -12,6 +12,7 @@ mod dev;
 mod events;
 mod openapi;
 mod relay_crash;
+mod relay_leader;
 mod serve;
 mod tidy;
 mod users;

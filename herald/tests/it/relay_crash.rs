@@ -72,16 +72,7 @@ async fn sigkill_mid_backlog_loses_nothing(db: TestDb) {
     .unwrap();
 
     // The schema, through the real command.
-    let migrated = herald()
-        .args(["migrate", "--config"])
-        .arg(config.path())
-        .output()
-        .unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    crate::support::migrate(config.path());
 
     // The ledger: events committed to the outbox, in transactions of 500.
     let mut ledger = BTreeSet::new();

@@ -80,6 +80,19 @@
 //! the delete committed, leaves the row pending, so it is published again: at-least-once, never
 //! lost. Consumers deduplicate by message id (the event id).
 //!
+//! # Leadership
+//!
+//! Several instances may run the relay role on one outbox; `herald serve` makes them campaign
+//! for one lease (`herald_leader::lead`) and only the holder runs [`Relay::run_fenced`].
+//! Each of its rounds checks, first thing in the round's transaction, that the lease's token
+//! is still its own ([`Fence`]); a relay that was paused past the end of its lease (while a
+//! standby took over) finds a newer token when it wakes, claims nothing and stops. On
+//! PostgreSQL the advisory lock above still keeps two rounds from overlapping, and a fenced
+//! round sets `idle_in_transaction_session_timeout` to just over what a round may wait
+//! (`publish_timeout` + 15 s), so a leader paused *inside* a round holds the others up only
+//! that long: PostgreSQL then ends its session, rolling its round back. Its publish, if it
+//! completes after it wakes, is a duplicate (same event ids) that consumers drop.
+//!
 //! # Wake-ups
 //!
 //! [`Relay::run`] polls adaptively: after a full batch it claims again at once; after a partial
@@ -97,6 +110,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_broker::{Broker, BrokerError, Message};
+use herald_leader::Fence;
 use herald_store::Store;
 use herald_telemetry::metrics::metrics;
 use tokio::sync::Notify;
@@ -233,6 +247,8 @@ enum Outcome {
     Empty,
     /// Another relay is in a round on this outbox.
     Busy,
+    /// The relay's lease is no longer its own (see [`Relay::run_fenced`]): nothing was done.
+    Fenced,
     /// The broker confirmed `published` rows.
     Published { published: usize, full: bool },
     /// The publish failed.
@@ -296,6 +312,27 @@ impl Relay {
     /// Database and broker errors do not stop the relay: it logs them, backs off and carries
     /// on, so a database or broker restart needs no restart of the relay.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), OutboxError> {
+        self.run_with(None, shutdown).await
+    }
+
+    /// [`Relay::run`] as the holder of a lease (see `herald_leader::lead`): every round first
+    /// checks, in its own transaction, that `fence` is still the lease's current holding, and
+    /// the relay returns as soon as it is not, having claimed and published nothing in that
+    /// round. So a relay that was paused past the end of its lease, while another took over,
+    /// cannot publish or delete anything when it wakes up.
+    pub async fn run_fenced(
+        &self,
+        fence: Fence,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), OutboxError> {
+        self.run_with(Some(fence), shutdown).await
+    }
+
+    async fn run_with(
+        &self,
+        fence: Option<Fence>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), OutboxError> {
         tokio::pin!(shutdown);
         tracing::info!(
             topic = %self.options.topic,
@@ -305,7 +342,14 @@ impl Relay {
         let mut idle = self.options.idle_poll_min;
         let mut database_failures = 0u32;
         loop {
-            let outcome = self.round().await;
+            let outcome = self.round(fence.as_ref()).await;
+            if let Ok(Outcome::Fenced) = outcome {
+                tracing::warn!(
+                    lease = fence.as_ref().map(|f| f.name.as_str()),
+                    "the relay lost the lease to another instance; it stops"
+                );
+                return Ok(());
+            }
             let (wait, wakeable) = match outcome {
                 Ok(outcome) => {
                     database_failures = 0;
@@ -319,7 +363,7 @@ impl Relay {
                             idle = self.options.idle_poll_min;
                             (self.options.idle_poll_min, true)
                         }
-                        Outcome::Empty | Outcome::Busy => {
+                        Outcome::Empty | Outcome::Busy | Outcome::Fenced => {
                             let wait = idle;
                             idle = (idle * 2).min(self.options.idle_poll_max);
                             (wait, true)
@@ -359,18 +403,18 @@ impl Relay {
     /// Returns how many events were published (0 when nothing was due or the publish failed;
     /// a failure is recorded on the rows).
     pub async fn relay_once(&self) -> Result<usize, OutboxError> {
-        Ok(match self.round().await? {
+        Ok(match self.round(None).await? {
             Outcome::Published { published, .. } => published,
-            Outcome::Empty | Outcome::Busy | Outcome::Failed(_) => 0,
+            Outcome::Empty | Outcome::Busy | Outcome::Fenced | Outcome::Failed(_) => 0,
         })
     }
 
-    async fn round(&self) -> Result<Outcome, OutboxError> {
+    async fn round(&self, fence: Option<&Fence>) -> Result<Outcome, OutboxError> {
         let outcome = {
             let mut state = self.state.lock().await;
             match &self.store {
-                Store::Postgres(pool) => postgres::round(self, pool, &mut state).await,
-                Store::Sqlite(pool) => sqlite::round(self, pool, &mut state).await,
+                Store::Postgres(pool) => postgres::round(self, pool, &mut state, fence).await,
+                Store::Sqlite(pool) => sqlite::round(self, pool, &mut state, fence).await,
             }
         };
         let gauges = match &self.store {

@@ -1,9 +1,15 @@
 //! The relay's round on PostgreSQL: one transaction holds the claim (row locks) across one
 //! publish and deletes the published rows before committing. See the [relay docs](super).
 
+use std::time::Duration;
+
+use herald_leader::Fence;
 use sqlx::PgPool;
 
-use super::{Claimed, ClaimedRow, Outcome, Relay, State, Verdict, error_chain, ids, publishable};
+use super::{
+    Claimed, ClaimedRow, Outcome, PING_TIMEOUT, Relay, State, Verdict, error_chain, ids,
+    publishable,
+};
 
 /// A fixed key for the relay's transaction-scoped advisory lock: "heraldob".
 const LOCK_KEY: i64 = 0x6865_7261_6c64_6f62;
@@ -52,6 +58,7 @@ pub(super) async fn round(
     relay: &Relay,
     pool: &PgPool,
     state: &mut State,
+    fence: Option<&Fence>,
 ) -> Result<Outcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let ours: bool = sqlx::query_scalar(LOCK)
@@ -61,6 +68,22 @@ pub(super) async fn round(
     if !ours {
         tx.rollback().await?;
         return Ok(Outcome::Busy);
+    }
+    if let Some(fence) = fence {
+        if !fence.check_postgres(&mut *tx).await? {
+            tx.rollback().await?;
+            return Ok(Outcome::Fenced);
+        }
+        // A leader paused mid-round (its connection open, its transaction holding the lock
+        // above) would keep every other relay out: PostgreSQL ends its session once it has
+        // been idle in the transaction longer than any round can legitimately wait.
+        let idle = relay.options.publish_timeout + PING_TIMEOUT + Duration::from_secs(5);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            idle.as_millis()
+        )))
+        .execute(&mut *tx)
+        .await?;
     }
     let limit = relay.limit(state);
     let rows: Vec<Claimed> = sqlx::query_as::<_, ClaimedRow>(CLAIM)

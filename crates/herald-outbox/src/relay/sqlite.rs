@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_leader::Fence;
 use sqlx::SqlitePool;
 
 use super::{
@@ -54,10 +55,17 @@ pub(super) async fn round(
     relay: &Relay,
     pool: &SqlitePool,
     state: &mut State,
+    fence: Option<&Fence>,
 ) -> Result<Outcome, sqlx::Error> {
     let limit = relay.limit(state);
     let now = now_ms();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    if let Some(fence) = fence
+        && !fence.check_sqlite(&mut *tx).await?
+    {
+        tx.rollback().await?;
+        return Ok(Outcome::Fenced);
+    }
     let rows: Vec<Claimed> = sqlx::query_as::<_, ClaimedRow>(CLAIM)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -274,6 +274,60 @@ async fn two_relays_on_one_outbox_keep_order(db: TestDb, via: Via) {
     }
 }
 
+/// A relay that lost its lease while it was paused (another took it over) publishes nothing
+/// when it wakes up, and stops; the new holder's relay publishes everything.
+async fn a_relay_whose_lease_was_taken_publishes_nothing(db: TestDb, via: Via) {
+    let setup = Setup::new(&db, via).await;
+    herald_store::migrate::migrate(&setup.store, &[&herald_leader::MIGRATIONS])
+        .await
+        .unwrap();
+    let leases = herald_leader::Leases::new(setup.store.clone());
+    let old = leases.acquire("relay", "a", 60_000).await.unwrap().unwrap();
+    // a is paused; its lease ends and b takes it.
+    leases.release(&old, "a").await.unwrap();
+    let new = leases.acquire("relay", "b", 60_000).await.unwrap().unwrap();
+    let events: Vec<Event> = (0..10).map(|seq| event("k", seq)).collect();
+    write_committed(&setup.store, &events).await;
+
+    let stale = setup.relay(setup.options());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stale.run_fenced(old, std::future::pending()),
+    )
+    .await
+    .expect("the fenced relay stops by itself")
+    .unwrap();
+    assert_eq!(
+        setup.broker.confirmed_count(),
+        0,
+        "the former leader published"
+    );
+    assert_eq!(
+        rows(&setup.store).await.len(),
+        10,
+        "nothing was claimed away"
+    );
+
+    let current = setup.relay(setup.options());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        current
+            .run_fenced(new, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    eventually("the leader to relay every event", LONG, || async {
+        setup.broker.confirmed_count() >= 10
+    })
+    .await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let received = setup.check_delivery().await;
+    assert_eq!(received.len(), 10);
+    assert!(rows(&setup.store).await.is_empty());
+}
+
 /// Case 4: one key's failing event does not stall the other keys; its key's later events wait
 /// for it, and follow it once it is published.
 async fn a_failing_event_holds_back_only_its_key(db: TestDb, via: Via) {
@@ -573,6 +627,7 @@ macro_rules! relay_cases {
             a_late_commit_of_an_early_transaction_is_not_skipped,
             order_per_key_with_concurrent_producers,
             two_relays_on_one_outbox_keep_order,
+            a_relay_whose_lease_was_taken_publishes_nothing,
             a_failing_event_holds_back_only_its_key,
             an_event_that_keeps_failing_is_set_aside,
             a_broker_outage_loses_nothing,

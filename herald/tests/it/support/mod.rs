@@ -24,6 +24,20 @@ pub(crate) fn herald() -> Command {
     command
 }
 
+/// Applies the schema of the configuration in `config` through `herald migrate`.
+pub(crate) fn migrate(config: &Path) {
+    let migrated = herald()
+        .args(["migrate", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+}
+
 /// A running `herald` process; killed when dropped.
 pub(crate) struct Running {
     child: Child,
@@ -113,6 +127,22 @@ impl Running {
             .expect("kill runs");
         assert!(sent.success(), "kill -TERM {pid} failed");
         wait_with_deadline(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid} failed");
     }
 
     /// `url` + `path`.
