@@ -7,6 +7,7 @@ mod support;
 
 mod bench;
 mod brokers_serve;
+mod chaos;
 mod cli;
 mod dev;
 mod events;

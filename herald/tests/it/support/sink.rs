@@ -33,8 +33,11 @@ pub(crate) struct Seen {
     ids: HashSet<String>,
     /// Per partition key, the `seq` of each event at its first arrival.
     pub(crate) per_key: HashMap<String, Vec<u64>>,
-    /// Requests, in all (repeats included).
+    /// Requests answered, in all (repeats included).
     pub(crate) requests: u64,
+    /// Requests begun, including those the caller gave up on before the answer (a request
+    /// whose caller hangs up is dropped unanswered, and not counted in `requests`).
+    pub(crate) begun: u64,
     /// Requests whose signature did not check, with the reason.
     pub(crate) bad_signatures: Vec<String>,
     /// When each accepted delivery arrived.
@@ -114,6 +117,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 
 async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let mode = *inner.mode.lock().unwrap();
+    inner.seen.lock().unwrap().begun += 1;
     if let Mode::Slow(wait) = mode {
         tokio::time::sleep(wait).await;
     }

@@ -1,0 +1,222 @@
+//! Chaos: faults injected into two `herald serve` instances that share one PostgreSQL
+//! database (and the embedded queue in it), each running the API, the relay, the dispatcher
+//! and the router. One relay leads (the lease); both routers deliver.
+//!
+//! Every scenario keeps a ledger: the events published, and what a signature-checking sink
+//! on 127.0.0.1 received. It asserts that nothing was lost, that each key's events first
+//! arrived in publish order (FIFO subscription), and that delivery recovered; and it prints
+//! events sent, delivered, duplicates seen by the raw sink, lost, and the time to recover.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use herald_leader::Leases;
+use herald_testing::{TestDb, unique_name};
+use serde_json::json;
+
+use crate::support::sink::{Mode, Sink};
+use crate::support::webhooks::{
+    Api, assert_arrived_exactly, assert_in_order_per_key, duplicates, serve,
+};
+use crate::support::{Running, client};
+
+const KEYS: u64 = 10;
+
+/// Writes the configuration of both instances: a 1 s relay lease and a 1 s request timeout,
+/// so faults are noticed quickly.
+fn write_config(dir: &Path, db: &TestDb, token: &str) -> PathBuf {
+    let path = dir.join("herald.toml");
+    let mut file = std::fs::File::create(&path).unwrap();
+    write!(
+        file,
+        "roles = [\"api\", \"relay\", \"dispatcher\", \"router\"]\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
+         [store]\nurl = \"{}\"\n\
+         [api]\nadmin_token = \"{token}\"\n\
+         [relay]\nlease_ttl = \"1s\"\n\
+         [router]\nrequest_timeout = \"1s\"\n",
+        db.url()
+    )
+    .unwrap();
+    path
+}
+
+struct Cluster {
+    // Declared first, dropped last: no herald is connected when the database is dropped.
+    _db: TestDb,
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    token: String,
+    leases: Leases,
+    sink: Sink,
+    instances: Vec<Api>,
+    published: BTreeSet<String>,
+    next: u64,
+}
+
+impl Cluster {
+    /// Two instances and a FIFO subscription of the sink to `test.chaos.*`.
+    async fn start() -> Self {
+        let db = TestDb::postgres().await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = unique_name("admin-token");
+        let config = write_config(dir.path(), &db, &token);
+        let leases = Leases::new(db.store().clone());
+        let mut cluster = Self {
+            leases,
+            _db: db,
+            _dir: dir,
+            config,
+            token,
+            sink: Sink::start().await,
+            instances: Vec::new(),
+            published: BTreeSet::new(),
+            next: 0,
+        };
+        cluster.add_instance();
+        cluster.add_instance();
+        cluster.instances[0]
+            .subscribe(
+                &cluster.sink,
+                "test.chaos.*",
+                json!({"fifo": true, "max_attempts": 100}),
+            )
+            .await;
+        cluster
+    }
+
+    fn add_instance(&mut self) {
+        self.instances.push(Api {
+            herald: Running::start(serve(&self.config)),
+            key: self.token.clone(),
+            http: client(),
+        });
+    }
+
+    /// Publishes `count` events through instance `via`.
+    async fn publish(&mut self, via: usize, count: u64) {
+        let ids = self.instances[via]
+            .publish("test.chaos.happened", self.next, count, KEYS)
+            .await;
+        self.next += count;
+        self.published.extend(ids);
+    }
+
+    /// The index of the instance whose relay leads (bounded wait).
+    async fn leader(&self) -> usize {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(state) = self.leases.state("outbox-relay").await.unwrap()
+                && state.remaining_ms > 0
+                && let Some(index) = self
+                    .instances
+                    .iter()
+                    .position(|api| state.holder.contains(&format!("/{}/", api.herald.pid())))
+            {
+                return index;
+            }
+            assert!(Instant::now() < until, "no instance led within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (bounded) until the sink has every published event; returns how long it took.
+    async fn all_arrived(&self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        self.sink.wait_for(self.published.len(), limit).await;
+        started.elapsed()
+    }
+
+    /// Checks the ledger and prints it.
+    fn ledger(&self, scenario: &str, recovered: Duration) {
+        assert_arrived_exactly(&self.sink, &self.published);
+        assert_in_order_per_key(&self.sink);
+        let delivered = self.sink.seen(|s| s.first.len());
+        eprintln!(
+            "chaos {scenario}: sent {}, delivered {delivered}, duplicates {}, lost {}, \
+             recovered in {} ms",
+            self.published.len(),
+            duplicates(&self.sink),
+            self.published.len() - delivered,
+            recovered.as_millis()
+        );
+    }
+}
+
+/// SIGKILL of the instance whose relay leads, in the middle of a stream of events: the other
+/// instance's relay takes the lease over and every event arrives, in order per key. Jobs
+/// the killed router held come back when their lease ends (request timeout + 30 s), so
+/// recovery takes about that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leading_instance_loses_nothing() {
+    let mut cluster = Cluster::start().await;
+    cluster.publish(0, 200).await;
+    cluster.all_arrived(Duration::from_secs(60)).await;
+    assert_eq!(
+        duplicates(&cluster.sink),
+        0,
+        "two routers without faults delivered something twice"
+    );
+
+    // A slow endpoint keeps deliveries in flight on both routers while the leader dies.
+    cluster.sink.set_mode(Mode::Slow(Duration::from_millis(20)));
+    let leader = cluster.leader().await;
+    let survivor = 1 - leader;
+    let before = cluster.published.len();
+    cluster.publish(survivor, 300).await;
+    // Kill once deliveries of the new events are under way, so that the dying router holds
+    // some.
+    let until = Instant::now() + Duration::from_secs(30);
+    while cluster.sink.seen(|s| s.first.len()) < before + 30 {
+        assert!(
+            Instant::now() < until,
+            "the new events did not start arriving within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = Instant::now();
+    let dead = cluster.instances.remove(leader);
+    drop(dead); // SIGKILL
+    cluster.publish(0, 200).await; // index 0 is now the survivor
+    assert_eq!(
+        cluster.leader().await,
+        0,
+        "the survivor took the relay over"
+    );
+    let took_over = killed.elapsed();
+    cluster.sink.set_mode(Mode::Accept);
+    cluster.all_arrived(Duration::from_secs(90)).await;
+    eprintln!(
+        "chaos leader kill: the survivor led {} ms after the kill",
+        took_over.as_millis()
+    );
+    cluster.ledger("sigkill of the leading instance", killed.elapsed());
+}
+
+/// An endpoint that hangs (answers after the request timeout) while events keep coming:
+/// the attempts time out and are retried, and once it answers again everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_loses_nothing() {
+    let mut cluster = Cluster::start().await;
+    cluster.publish(0, 100).await;
+    cluster.all_arrived(Duration::from_secs(60)).await;
+
+    cluster.sink.set_mode(Mode::Slow(Duration::from_secs(5)));
+    let begun = cluster.sink.seen(|s| s.begun);
+    cluster.publish(1, 100).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    // Requests the routers give up on after their 1 s timeout.
+    while cluster.sink.seen(|s| s.begun) < begun + 20 {
+        assert!(
+            Instant::now() < until,
+            "the routers did not call the hanging endpoint within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.sink.set_mode(Mode::Accept);
+    let recovered = cluster.all_arrived(Duration::from_secs(60)).await;
+    cluster.ledger("hanging endpoint", recovered);
+}
