@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use herald_leader::Leases;
+use herald_testing::server::{PrivateServer, find_binary};
 use herald_testing::{TestDb, unique_name};
 use serde_json::json;
 
@@ -25,8 +26,8 @@ use crate::support::{Running, client};
 const KEYS: u64 = 10;
 
 /// Writes the configuration of both instances: a 1 s relay lease and a 1 s request timeout,
-/// so faults are noticed quickly.
-fn write_config(dir: &Path, db: &TestDb, token: &str) -> PathBuf {
+/// so faults are noticed quickly; `broker` is the body of `[broker]`.
+fn write_config(dir: &Path, db: &TestDb, broker: &str, token: &str) -> PathBuf {
     let path = dir.join("herald.toml");
     let mut file = std::fs::File::create(&path).unwrap();
     write!(
@@ -34,6 +35,7 @@ fn write_config(dir: &Path, db: &TestDb, token: &str) -> PathBuf {
         "roles = [\"api\", \"relay\", \"dispatcher\", \"router\"]\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
          [store]\nurl = \"{}\"\n\
+         [broker]\n{broker}\n\
          [api]\nadmin_token = \"{token}\"\n\
          [relay]\nlease_ttl = \"1s\"\n\
          [router]\nrequest_timeout = \"1s\"\n",
@@ -57,12 +59,18 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Two instances and a FIFO subscription of the sink to `test.chaos.*`.
+    /// Two instances on the embedded queue, and a FIFO subscription of the sink to
+    /// `test.chaos.*`.
     async fn start() -> Self {
+        Self::start_on("kind = \"embedded\"").await
+    }
+
+    /// [`Cluster::start`] on the broker of `broker`, the body of `[broker]`.
+    async fn start_on(broker: &str) -> Self {
         let db = TestDb::postgres().await;
         let dir = tempfile::tempdir().unwrap();
         let token = unique_name("admin-token");
-        let config = write_config(dir.path(), &db, &token);
+        let config = write_config(dir.path(), &db, broker, &token);
         let leases = Leases::new(db.store().clone());
         let mut cluster = Self {
             leases,
@@ -219,4 +227,51 @@ async fn a_hanging_endpoint_loses_nothing() {
     cluster.sink.set_mode(Mode::Accept);
     let recovered = cluster.all_arrived(Duration::from_secs(60)).await;
     cluster.ledger("hanging endpoint", recovered);
+}
+
+/// The broker (a NATS server of the test's own, JetStream on disk) is killed with SIGKILL in
+/// the middle of a stream and started again on the same data 2 s later: the relay keeps the
+/// events in the outbox meanwhile, and every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_nothing() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(170);
+    let mut nats = PrivateServer::start(
+        find_binary("nats-server", &[]),
+        |port, data| {
+            let mut args: Vec<std::ffi::OsString> =
+                ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
+                    .iter()
+                    .map(Into::into)
+                    .collect();
+            args.push(data.into());
+            args
+        },
+        deadline,
+    )
+    .await;
+    let broker = format!("kind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"", nats.port);
+    let mut cluster = Cluster::start_on(&broker).await;
+    cluster.publish(0, 100).await;
+    cluster.all_arrived(Duration::from_secs(60)).await;
+
+    cluster.sink.set_mode(Mode::Slow(Duration::from_millis(20)));
+    let before = cluster.published.len();
+    cluster.publish(1, 300).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while cluster.sink.seen(|s| s.first.len()) < before + 30 {
+        assert!(
+            Instant::now() < until,
+            "the new events did not start arriving within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nats.kill().await;
+    let killed = Instant::now();
+    // Events keep coming while the broker is down; the outbox holds them.
+    cluster.publish(0, 100).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.start_again(deadline).await;
+    cluster.sink.set_mode(Mode::Accept);
+    cluster.all_arrived(Duration::from_secs(120)).await;
+    cluster.ledger("broker restart", killed.elapsed());
 }
