@@ -64,6 +64,8 @@ pub struct PrivateServer {
     log: PathBuf,
     /// The port it listens on.
     pub port: u16,
+    /// The user and group it runs as, when not this process's.
+    user: Option<(u32, u32)>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -86,9 +88,16 @@ impl PrivateServer {
             log: dir.path().join("server.log"),
             data,
             port,
+            user: None,
             child: None,
             _dir: dir,
         }
+    }
+
+    /// Runs it as user `uid` and group `gid` (the caller makes its data directory theirs).
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
     }
 
     /// [`PrivateServer::new`], started.
@@ -113,7 +122,11 @@ impl PrivateServer {
         let log_too = log
             .try_clone()
             .unwrap_or_else(|err| panic!("cannot share {}: {err}", self.log.display()));
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        let child = command
             .args(&self.args)
             .current_dir(&self.data)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -147,6 +160,27 @@ impl PrivateServer {
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends it `signal` (e.g. `QUIT`) and waits, at most 30 s, for it to exit; then kills
+    /// it.
+    pub async fn stop_with(&mut self, signal: &str) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
         }
     }
 
@@ -191,4 +225,116 @@ pub fn durable_redis_args(port: u16, data: &Path) -> Vec<OsString> {
     .collect();
     args.push(data.into());
     args
+}
+
+/// A PostgreSQL server of the test's own, not started: a fresh cluster (trust authentication
+/// for `postgres` on 127.0.0.1, its socket in its data directory) made with `initdb`. As
+/// root, the server runs as the `postgres` user, since PostgreSQL refuses to run as root.
+/// Its database `postgres` is at `postgres://postgres@127.0.0.1:<port>/postgres`.
+pub fn private_postgres() -> PrivateServer {
+    let bindir = postgres_bindir();
+    let user = if output_of("id", &["-u"]) == "0" {
+        let uid = output_of("id", &["-u", "postgres"]);
+        let gid = output_of("id", &["-g", "postgres"]);
+        Some((
+            uid.parse::<u32>()
+                .unwrap_or_else(|_| panic!("no uid for postgres: {uid}")),
+            gid.parse::<u32>()
+                .unwrap_or_else(|_| panic!("no gid for postgres: {gid}")),
+        ))
+    } else {
+        None
+    };
+    let initdb = bindir.join("initdb");
+    let server = PrivateServer::new(bindir.join("postgres"), |port, data| {
+        let cluster = data.join("pg");
+        let mut command = std::process::Command::new(&initdb);
+        command
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&cluster)
+            .stdout(Stdio::null());
+        if let Some((uid, gid)) = user {
+            use std::os::unix::fs::PermissionsExt as _;
+            use std::os::unix::process::CommandExt as _;
+            // The temporary directory is this user's alone; let `postgres` in.
+            for dir in [data.parent().unwrap_or(data), data] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .unwrap_or_else(|err| panic!("cannot open {} up: {err}", dir.display()));
+            }
+            let owned = std::process::Command::new("chown")
+                .arg(format!("{uid}:{gid}"))
+                .arg(data)
+                .status()
+                .is_ok_and(|status| status.success());
+            assert!(owned, "cannot give {} to postgres", data.display());
+            command.uid(uid).gid(gid);
+        }
+        let output = command
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", initdb.display()));
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        [
+            "-D".into(),
+            cluster.into_os_string(),
+            "-p".into(),
+            port.to_string().into(),
+            "-k".into(),
+            data.as_os_str().to_owned(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+        ]
+        .into()
+    });
+    match user {
+        Some((uid, gid)) => server.run_as(uid, gid),
+        None => server,
+    }
+}
+
+/// The newest Debian PostgreSQL's binaries, or those in `PATH`.
+fn postgres_bindir() -> PathBuf {
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path().join("bin"))
+                .filter(|bin| bin.join("initdb").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    debian.sort_by_key(|bin| {
+        bin.parent()
+            .and_then(|version| version.file_name())
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    debian.pop().unwrap_or_else(|| {
+        find_binary("initdb", &[])
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    })
+}
+
+/// What `program args` prints, trimmed; empty when it cannot run.
+fn output_of(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default()
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use herald_leader::Leases;
-use herald_testing::server::{PrivateServer, find_binary};
+use herald_testing::server::{PrivateServer, find_binary, private_postgres};
 use herald_testing::{TestDb, unique_name};
 use serde_json::json;
 
@@ -27,7 +27,7 @@ const KEYS: u64 = 10;
 
 /// Writes the configuration of both instances: a 1 s relay lease and a 1 s request timeout,
 /// so faults are noticed quickly; `broker` is the body of `[broker]`.
-fn write_config(dir: &Path, db: &TestDb, broker: &str, token: &str) -> PathBuf {
+fn write_config(dir: &Path, url: &str, broker: &str, token: &str) -> PathBuf {
     let path = dir.join("herald.toml");
     let mut file = std::fs::File::create(&path).unwrap();
     write!(
@@ -39,7 +39,7 @@ fn write_config(dir: &Path, db: &TestDb, broker: &str, token: &str) -> PathBuf {
          [api]\nadmin_token = \"{token}\"\n\
          [relay]\nlease_ttl = \"1s\"\n\
          [router]\nrequest_timeout = \"1s\"\n",
-        db.url()
+        url
     )
     .unwrap();
     path
@@ -47,7 +47,7 @@ fn write_config(dir: &Path, db: &TestDb, broker: &str, token: &str) -> PathBuf {
 
 struct Cluster {
     // Declared first, dropped last: no herald is connected when the database is dropped.
-    _db: TestDb,
+    _db: Option<TestDb>,
     _dir: tempfile::TempDir,
     config: PathBuf,
     token: String,
@@ -68,10 +68,20 @@ impl Cluster {
     /// [`Cluster::start`] on the broker of `broker`, the body of `[broker]`.
     async fn start_on(broker: &str) -> Self {
         let db = TestDb::postgres().await;
+        let url = db.url().to_owned();
+        Self::start_with(Some(db), &url, broker).await
+    }
+
+    /// [`Cluster::start_on`] the database at `url`; `db` is dropped after the instances.
+    async fn start_with(db: Option<TestDb>, url: &str, broker: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let token = unique_name("admin-token");
-        let config = write_config(dir.path(), &db, broker, &token);
-        let leases = Leases::new(db.store().clone());
+        let config = write_config(dir.path(), url, broker, &token);
+        let store = herald_store::Store::connect(url, &herald_store::StoreOptions::default())
+            .await
+            .unwrap();
+        crate::support::migrate(&config);
+        let leases = Leases::new(store);
         let mut cluster = Self {
             leases,
             _db: db,
@@ -130,6 +140,30 @@ impl Cluster {
         }
     }
 
+    /// 100 events delivered; then 300 more to a slowed sink (20 ms a request), until their
+    /// deliveries are under way: the moment for a fault.
+    async fn stream_under_way(&mut self) {
+        self.publish(0, 100).await;
+        self.all_arrived(Duration::from_secs(60)).await;
+        self.sink.set_mode(Mode::Slow(Duration::from_millis(20)));
+        let before = self.published.len();
+        self.publish(1, 300).await;
+        self.under_way(before).await;
+    }
+
+    /// Waits (at most 30 s) until 30 more events than `before` have arrived: deliveries are
+    /// under way, so a fault now catches some in flight.
+    async fn under_way(&self, before: usize) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while self.sink.seen(|s| s.first.len()) < before + 30 {
+            assert!(
+                Instant::now() < until,
+                "the new events did not start arriving within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits (bounded) until the sink has every published event; returns how long it took.
     async fn all_arrived(&self, limit: Duration) -> Duration {
         let started = Instant::now();
@@ -176,14 +210,7 @@ async fn sigkill_of_the_leading_instance_loses_nothing() {
     cluster.publish(survivor, 300).await;
     // Kill once deliveries of the new events are under way, so that the dying router holds
     // some.
-    let until = Instant::now() + Duration::from_secs(30);
-    while cluster.sink.seen(|s| s.first.len()) < before + 30 {
-        assert!(
-            Instant::now() < until,
-            "the new events did not start arriving within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    cluster.under_way(before).await;
     let killed = Instant::now();
     let dead = cluster.instances.remove(leader);
     drop(dead); // SIGKILL
@@ -251,20 +278,7 @@ async fn a_broker_restart_loses_nothing() {
     .await;
     let broker = format!("kind = \"nats\"\nurl = \"nats://127.0.0.1:{}\"", nats.port);
     let mut cluster = Cluster::start_on(&broker).await;
-    cluster.publish(0, 100).await;
-    cluster.all_arrived(Duration::from_secs(60)).await;
-
-    cluster.sink.set_mode(Mode::Slow(Duration::from_millis(20)));
-    let before = cluster.published.len();
-    cluster.publish(1, 300).await;
-    let until = Instant::now() + Duration::from_secs(30);
-    while cluster.sink.seen(|s| s.first.len()) < before + 30 {
-        assert!(
-            Instant::now() < until,
-            "the new events did not start arriving within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    cluster.stream_under_way().await;
     nats.kill().await;
     let killed = Instant::now();
     // Events keep coming while the broker is down; the outbox holds them.
@@ -274,4 +288,40 @@ async fn a_broker_restart_loses_nothing() {
     cluster.sink.set_mode(Mode::Accept);
     cluster.all_arrived(Duration::from_secs(120)).await;
     cluster.ledger("broker restart", killed.elapsed());
+}
+
+/// PostgreSQL itself stops at once (an immediate shutdown: no checkpoint, crash recovery on
+/// the next start) in the middle of a stream, and starts again 2 s later. Both instances lose
+/// every connection; they retry, and every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_loses_nothing() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(170);
+    let mut postgres = private_postgres();
+    postgres.start_again(deadline).await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port);
+    let mut cluster = Cluster::start_with(None, &url, "kind = \"embedded\"").await;
+    cluster.stream_under_way().await;
+    postgres.stop_with("QUIT").await;
+    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres.start_again(deadline).await;
+    cluster.sink.set_mode(Mode::Accept);
+    // Events are taken again once the instances are ready again.
+    let until = Instant::now() + Duration::from_secs(30);
+    for api in &cluster.instances {
+        loop {
+            let ready = api.http.get(api.herald.at("/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "an instance was not ready again within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    cluster.publish(0, 100).await;
+    cluster.all_arrived(Duration::from_secs(120)).await;
+    cluster.ledger("database restart", stopped.elapsed());
 }
