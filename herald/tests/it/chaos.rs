@@ -4,7 +4,8 @@
 //!
 //! Every scenario keeps a ledger: the events published, and what a signature-checking sink
 //! on 127.0.0.1 received. It asserts that nothing was lost, that each key's events first
-//! arrived in publish order (FIFO subscription), and that delivery recovered; and it prints
+//! arrived in publish order (FIFO subscription), that the dispatcher (an inbox consumer) made
+//! exactly one dispatch job of each event, and that delivery recovered; and it prints
 //! events sent, delivered, duplicates seen by the raw sink, lost, and the time to recover.
 
 use std::collections::BTreeSet;
@@ -52,6 +53,8 @@ struct Cluster {
     config: PathBuf,
     token: String,
     leases: Leases,
+    /// The database, read directly for the ledger.
+    store: herald_store::Store,
     sink: Sink,
     instances: Vec<Api>,
     published: BTreeSet<String>,
@@ -81,9 +84,10 @@ impl Cluster {
             .await
             .unwrap();
         crate::support::migrate(&config);
-        let leases = Leases::new(store);
+        let leases = Leases::new(store.clone());
         let mut cluster = Self {
             leases,
+            store,
             _db: db,
             _dir: dir,
             config,
@@ -172,9 +176,24 @@ impl Cluster {
     }
 
     /// Checks the ledger and prints it.
-    fn ledger(&self, scenario: &str, recovered: Duration) {
+    async fn ledger(&self, scenario: &str, recovered: Duration) {
         assert_arrived_exactly(&self.sink, &self.published);
         assert_in_order_per_key(&self.sink);
+        // The dispatcher consumes every event through its inbox, whatever was redelivered to
+        // it: one dispatch job per event (there is one subscription), never two.
+        let herald_store::Store::Postgres(pool) = &self.store else {
+            unreachable!("the chaos suite runs on PostgreSQL")
+        };
+        let (jobs, events): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM herald_dispatch_jobs")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            (jobs, events),
+            (self.published.len() as i64, self.published.len() as i64),
+            "one dispatch job per event"
+        );
         let delivered = self.sink.seen(|s| s.first.len());
         eprintln!(
             "chaos {scenario}: sent {}, delivered {delivered}, duplicates {}, lost {}, \
@@ -227,7 +246,9 @@ async fn sigkill_of_the_leading_instance_loses_nothing() {
         "chaos leader kill: the survivor led {} ms after the kill",
         took_over.as_millis()
     );
-    cluster.ledger("sigkill of the leading instance", killed.elapsed());
+    cluster
+        .ledger("sigkill of the leading instance", killed.elapsed())
+        .await;
 }
 
 /// An endpoint that hangs (answers after the request timeout) while events keep coming:
@@ -253,7 +274,7 @@ async fn a_hanging_endpoint_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.sink.set_mode(Mode::Accept);
     let recovered = cluster.all_arrived(Duration::from_secs(60)).await;
-    cluster.ledger("hanging endpoint", recovered);
+    cluster.ledger("hanging endpoint", recovered).await;
 }
 
 /// The broker (a NATS server of the test's own, JetStream on disk) is killed with SIGKILL in
@@ -287,7 +308,7 @@ async fn a_broker_restart_loses_nothing() {
     nats.start_again(deadline).await;
     cluster.sink.set_mode(Mode::Accept);
     cluster.all_arrived(Duration::from_secs(120)).await;
-    cluster.ledger("broker restart", killed.elapsed());
+    cluster.ledger("broker restart", killed.elapsed()).await;
 }
 
 /// PostgreSQL itself stops at once (an immediate shutdown: no checkpoint, crash recovery on
@@ -323,5 +344,5 @@ async fn a_database_restart_loses_nothing() {
     }
     cluster.publish(0, 100).await;
     cluster.all_arrived(Duration::from_secs(120)).await;
-    cluster.ledger("database restart", stopped.elapsed());
+    cluster.ledger("database restart", stopped.elapsed()).await;
 }
