@@ -161,7 +161,10 @@ pub enum Scenario {
     /// The machine's raw limits: INSERT commits/s and broker publishes/s (with a real
     /// broker, only its publishes/s).
     Limit,
-    /// Every scenario above, in one run.
+    /// A steady run at --rate for --duration, with and without a long-held transaction:
+    /// whether Herald's tables stay bounded (PostgreSQL; not part of `all`).
+    Soak,
+    /// Every scenario above but `soak`, in one run.
     All,
     /// Print the Markdown results table of BENCHMARKS.md from JSON results.
     Report,

@@ -272,6 +272,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             .outcomes
             .extend(scenarios::drain::run(&options).await?);
     }
+    if matches!(args.scenario, Scenario::Soak) {
+        report
+            .outcomes
+            .extend(scenarios::soak::run(&options).await?);
+    }
     if matches!(args.scenario, Scenario::Deliver | Scenario::All) {
         report
             .outcomes

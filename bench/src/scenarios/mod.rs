@@ -9,6 +9,8 @@
 //! - [`inbox`]: a consumer whose handler does one INSERT, with and without the inbox.
 //! - [`deliver`]: signed webhook deliveries per second from the router to a local sink, and a
 //!   plain HTTP client's rate against the same sink, with the same concurrency.
+//! - [`soak`]: a long steady run, with and without a long-held transaction, sampling the
+//!   size and dead tuples of every Herald table (PostgreSQL).
 //! - [`limit`]: the raw limits of this machine in the same run — single-row INSERT commits per
 //!   second on the same database, and raw publishes per second to the broker — so the Herald
 //!   figures can be read as fractions of them.
@@ -22,6 +24,7 @@ pub mod inbox;
 pub mod limit;
 pub mod outbox_write;
 pub mod relay;
+pub mod soak;
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -52,6 +55,67 @@ pub struct Options {
     pub drain_events: usize,
     /// Concurrent producers.
     pub producers: usize,
+}
+
+/// Paces an open-loop producer: the `n`th event starts at `n / rate` seconds after the
+/// start, whatever the earlier ones are doing (so slow commits cannot hide latency), with at
+/// most a set number in flight.
+pub(crate) struct OpenLoop {
+    /// When the first event was due.
+    pub(crate) started: tokio::time::Instant,
+    interval: Duration,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl OpenLoop {
+    /// Starts now, at `rate` per second, with at most `limit` events in flight.
+    pub(crate) fn new(rate: u32, limit: usize) -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)),
+        }
+    }
+
+    /// Waits until event `n` is due and may start; the permit is its place in flight.
+    pub(crate) async fn slot(&self, n: usize) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+        use anyhow::Context as _;
+        tokio::time::sleep_until(self.started + self.interval * n as u32).await;
+        self.in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the limiter closed")
+    }
+}
+
+/// A relay running in its own task until [`RunningRelay::stop`].
+pub(crate) struct RunningRelay {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), herald_outbox::OutboxError>>,
+}
+
+impl RunningRelay {
+    /// Starts `relay`.
+    pub(crate) fn start(relay: std::sync::Arc<herald_outbox::Relay>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            relay
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self { stop, task }
+    }
+
+    /// Stops it after its round in progress, and returns how it ended.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let _ = self.stop.send(());
+        self.task.await.context("the relay panicked")??;
+        Ok(())
+    }
 }
 
 /// Partition keys used by the scenarios.

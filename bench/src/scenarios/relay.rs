@@ -281,38 +281,21 @@ async fn latency_on(options: &Options, setup: &Setup) -> anyhow::Result<Outcome>
         relay_options(&setup.topic),
     ));
     let waker = relay.waker();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            relay
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let running = super::RunningRelay::start(relay.clone());
 
     let before = crate::process::usage();
     let total = (u64::from(options.rate) * options.duration.as_secs()).max(1) as usize;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
     let commits: Arc<Mutex<Vec<(String, Instant)>>> =
         Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
     let mut producers = tokio::task::JoinSet::new();
     let mut progress = Progress::new(
         format!("producing at {}/s", options.rate),
         Some(total as u64),
     );
-    let started = tokio::time::Instant::now();
+    let pace = super::OpenLoop::new(options.rate, 256);
     for n in 0..total {
         // Open loop: each event starts on its own schedule, not after the previous one.
-        tokio::time::sleep_until(started + interval * n as u32).await;
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .context("the limiter closed")?;
+        let permit = pace.slot(n).await?;
         let (store, commits, waker) = (target.store.clone(), commits.clone(), waker.clone());
         producers.spawn(async move {
             let event = sample_event(n);
@@ -332,7 +315,7 @@ async fn latency_on(options: &Options, setup: &Setup) -> anyhow::Result<Outcome>
     while let Some(joined) = producers.join_next().await {
         joined.context("a producer panicked")??;
     }
-    let offered = total as f64 / started.elapsed().as_secs_f64();
+    let offered = total as f64 / pace.started.elapsed().as_secs_f64();
     progress.finish();
 
     // Wait for the relay to publish the last of them.
@@ -344,8 +327,7 @@ async fn latency_on(options: &Options, setup: &Setup) -> anyhow::Result<Outcome>
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop.send(());
-    running.await.context("the relay panicked")??;
+    running.stop().await?;
 
     let mut commits = std::mem::take(
         &mut *commits

@@ -291,6 +291,27 @@ fn drain_runs_a_relay_process_on_kafka_and_reads_its_events_back() {
 }
 
 #[test]
+fn soak_samples_the_tables_with_and_without_a_held_transaction() {
+    let report = run_json(&["soak", "--duration", "2", "--rate", "200"]);
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{report:#}");
+    for (outcome, case) in outcomes
+        .iter()
+        .zip(["no long transaction", "a transaction held open"])
+    {
+        assert_eq!(outcome["scenario"], "soak");
+        assert_eq!(outcome["case"], format!("{case}, 2 s at 200/s"));
+        assert_eq!(outcome["checked"], "400/400 consumed, 0 more than once");
+        let settings = outcome["settings"].as_str().unwrap();
+        // Rows were written and deleted, so the outbox shows up with its sizes.
+        assert!(
+            settings.starts_with("first→peak→last: ") && settings.contains("herald_outbox "),
+            "{outcome}"
+        );
+    }
+}
+
+#[test]
 fn limit_on_nats_is_its_raw_publish_rate() {
     let report = run_json(&[
         "limit",
@@ -345,5 +366,10 @@ fn real_brokers_refuse_what_they_cannot_run() {
             "kafka://somewhere",
         ],
         "--kafka-url (HERALD_BENCH_KAFKA_URL) is not a kafka address",
+    );
+    refused(
+        &["soak", "--store", "sqlite"],
+        "the soak scenario measures PostgreSQL's tables and dead tuples; run it with --store \
+         postgres",
     );
 }
