@@ -91,7 +91,7 @@ impl OpenLoop {
 
 /// A relay running in its own task until [`RunningRelay::stop`].
 pub(crate) struct RunningRelay {
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), herald_outbox::OutboxError>>,
 }
 
@@ -106,15 +106,27 @@ impl RunningRelay {
                 })
                 .await
         });
-        Self { stop, task }
+        Self {
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// Stops it after its round in progress, and returns how it ended.
-    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let _ = self.stop.send(());
-        self.task.await.context("the relay panicked")??;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("the relay panicked")??;
         Ok(())
+    }
+}
+
+impl Drop for RunningRelay {
+    /// A relay not stopped (the case failed) is aborted, so it does not outlive its case.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -70,7 +70,16 @@ async fn sample(pool: &PgPool) -> anyhow::Result<Vec<TableSample>> {
 
 async fn case(options: &Options, hold: bool) -> anyhow::Result<Outcome> {
     let target = Target::create(Engine::Postgres, &options.postgres_url, 12).await?;
-    let result = case_on(options, &target, hold).await;
+    // Bounded even if the database grinds to a halt: the case fails, and its database (and
+    // every session on it) is dropped.
+    let limit = options.duration + Duration::from_secs(300);
+    let result = match tokio::time::timeout(limit, case_on(options, &target, hold)).await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!(
+            "the soak case did not finish within {limit:?}: Herald fell behind the offered \
+             rate and did not catch up"
+        )),
+    };
     target.finish().await?;
     result
 }
