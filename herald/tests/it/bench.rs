@@ -264,6 +264,9 @@ fn drain_runs_a_relay_process_on_kafka_and_reads_its_events_back() {
         "kafka",
         "--kafka-url",
         &service_url(KAFKA_URL),
+        // Given twice, as scripts/bench does: the last one counts.
+        "--drain-events",
+        "200000",
         "--drain-events",
         "600",
     ]);
@@ -366,6 +369,11 @@ fn real_brokers_refuse_what_they_cannot_run() {
             "kafka://somewhere",
         ],
         "--kafka-url (HERALD_BENCH_KAFKA_URL) is not a kafka address",
+    );
+    refused(
+        &["soak", "--broker", "nats"],
+        "the soak scenario measures the tables of the embedded queue too; run it without \
+         --broker",
     );
     refused(
         &["soak", "--store", "sqlite"],
