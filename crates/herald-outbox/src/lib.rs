@@ -60,11 +60,18 @@ pub mod header {
 /// The outbox's schema, for `herald migrate` or [`migrate`].
 pub const MIGRATIONS: MigrationSet = MigrationSet {
     component: "outbox",
-    postgres: &[Migration {
-        version: 1,
-        name: "create outbox",
-        sql: include_str!("../migrations/postgres/0001_outbox.sql"),
-    }],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "create outbox",
+            sql: include_str!("../migrations/postgres/0001_outbox.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "partition the outbox by generation",
+            sql: include_str!("../migrations/postgres/0002_generations.sql"),
+        },
+    ],
     sqlite: &[Migration {
         version: 1,
         name: "create outbox",

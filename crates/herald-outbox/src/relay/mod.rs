@@ -34,6 +34,45 @@
 //!   also cannot have the commit-order trap (the writer holding the lock is the only one that
 //!   can insert), but the relay does not rely on that.
 //!
+//! # Generations (PostgreSQL)
+//!
+//! A published row is deleted, and VACUUM reclaims it later, but only once no transaction
+//! that began before the delete is still open. A transaction held open anywhere in the
+//! database (a long report, a backup) therefore keeps every row published meanwhile in the
+//! table and in its indexes, and each claim has to step over all of them: the relay gets
+//! slower by the minute, and the table grows. So the outbox is partitioned (`LIST` on a
+//! `generation` column, one partition `herald_outbox_g<n>` per generation), and the relay
+//! empties whole partitions with `TRUNCATE`, which needs no VACUUM:
+//!
+//! - **Where rows go.** A row's `generation` defaults to the value of a sequence, read when
+//!   the row is inserted (a sequence, not a table, so a writer with an old snapshot still sees
+//!   the current value). Writers need not know about generations.
+//! - **Switching.** After `rotate_after` new rows (and at most once a second) the relay
+//!   creates and attaches the next partition (a lock that blocks neither reads nor writes),
+//!   then, in one transaction, takes a `SHARE` lock on the outbox and moves the sequence on.
+//!   Every producer that writes to the outbox holds a `ROW EXCLUSIVE` lock on it until it
+//!   ends, taken before its rows' defaults are read; the `SHARE` lock waits for those in
+//!   flight (up to 100 ms, else it tries later) and keeps new ones out until the switch
+//!   commits. So after a switch no transaction can ever write to an older generation: it is
+//!   *closed*.
+//! - **Emptying.** A closed generation is drained by the claims like any other. Once it holds
+//!   at most 1,000 rows (the ones waiting for a retry, and failed ones), they are moved, ids
+//!   and all, into the current generation in one statement, so a slow key never pins a
+//!   partition. An empty closed generation stays empty for good, so the claims stop reading
+//!   it: every statement of a round reads only the generations from the lowest one that may
+//!   hold rows (the *floor*) up, and PostgreSQL prunes the partitions below.
+//! - **Truncating and dropping.** An empty closed generation is truncated as soon as no
+//!   session holds a lock on its partition (`NOWAIT`: the relay never queues behind, or in
+//!   front of, anyone), then dropped when the outbox as a whole is unlocked for an instant.
+//!   A transaction held open that *read* the outbox keeps the partitions it read from being
+//!   truncated or dropped until it ends, but not the generations started after it: so what a
+//!   held transaction pins is bounded by what existed when it began, plus one generation.
+//!
+//! A relay keeps what it knows of the generations in memory only; a new relay starts with its
+//! floor at 0 (reading every partition) and works the rest out from the catalog within a
+//! second. SQLite has no such problem (a deleted row's space is reused at once) and keeps
+//! one plain table.
+//!
 //! # Order per partition key
 //!
 //! A row is claimable only if no earlier pending row of its key is waiting (has
@@ -101,6 +140,7 @@
 //! to cut the wait short (a [`Notify`] permit, so a wake during a round is not lost either).
 //! Producers never `NOTIFY` in their transactions (a global lock at commit).
 
+mod generations;
 mod postgres;
 mod sqlite;
 
@@ -120,6 +160,8 @@ use crate::{OutboxError, header};
 
 /// How long a ping may take before the broker counts as down.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the relay maintains the outbox's generations (PostgreSQL).
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// Consecutive failed multi-row publishes (while the broker answers) before isolating.
 const ISOLATE_AFTER: u32 = 2;
 /// The longest `last_error` kept on a row, in bytes.
@@ -144,6 +186,11 @@ pub struct RelayOptions {
     pub idle_poll_max: Duration,
     /// How long a publish may take before it counts as failed.
     pub publish_timeout: Duration,
+    /// On PostgreSQL, the rows after which the relay starts a new generation of the outbox
+    /// (see "Generations" in the module docs); 0 never starts one. It bounds how many
+    /// published rows a claim may have to step over while a long transaction elsewhere
+    /// keeps VACUUM from removing them.
+    pub rotate_after: u64,
 }
 
 impl Default for RelayOptions {
@@ -157,6 +204,7 @@ impl Default for RelayOptions {
             idle_poll_min: Duration::from_millis(10),
             idle_poll_max: Duration::from_millis(250),
             publish_timeout: Duration::from_secs(30),
+            rotate_after: 20_000,
         }
     }
 }
@@ -193,6 +241,8 @@ struct State {
     batch_failures: u32,
     /// Rows still to publish one at a time.
     isolate: usize,
+    /// On PostgreSQL: the outbox's generations (what the claims read).
+    generations: generations::Generations,
 }
 
 /// One claimed row.
@@ -409,16 +459,45 @@ impl Relay {
         })
     }
 
+    /// Starts, empties and drops the outbox's generations now, where it can (see
+    /// "Generations" in the module docs); nothing on SQLite. [`Relay::run`] does this by itself
+    /// about once a second.
+    pub async fn maintain(&self) -> Result<(), OutboxError> {
+        let mut state = self.state.lock().await;
+        self.maintain_with(&mut state).await
+    }
+
+    async fn maintain_with(&self, state: &mut State) -> Result<(), OutboxError> {
+        if let Store::Postgres(pool) = &self.store {
+            state
+                .generations
+                .maintain(pool, self.options.rotate_after)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn round(&self, fence: Option<&Fence>) -> Result<Outcome, OutboxError> {
-        let outcome = {
+        let (outcome, floor) = {
             let mut state = self.state.lock().await;
-            match &self.store {
+            let due = state
+                .generations
+                .last_run
+                .is_none_or(|at| at.elapsed() >= MAINTAIN_EVERY);
+            if due && let Err(err) = self.maintain_with(&mut state).await {
+                tracing::warn!(
+                    error = %error_chain(&err),
+                    "cannot maintain the outbox's generations; the relay carries on"
+                );
+            }
+            let outcome = match &self.store {
                 Store::Postgres(pool) => postgres::round(self, pool, &mut state, fence).await,
                 Store::Sqlite(pool) => sqlite::round(self, pool, &mut state, fence).await,
-            }
+            };
+            (outcome, state.generations.floor)
         };
         let gauges = match &self.store {
-            Store::Postgres(pool) => postgres::gauges(pool).await,
+            Store::Postgres(pool) => postgres::gauges(pool, floor).await,
             Store::Sqlite(pool) => sqlite::gauges(pool).await,
         };
         match gauges {

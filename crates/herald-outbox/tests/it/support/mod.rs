@@ -229,7 +229,9 @@ pub(crate) async fn rows(store: &Store) -> Vec<Row> {
         .collect()
 }
 
-/// Relay options for tests: short backoffs and polls, so failures resolve quickly.
+/// Relay options for tests: short backoffs and polls, so failures resolve quickly; and, on
+/// PostgreSQL, a new generation every 100 rows (at most one a second), so the cases with more
+/// rows than that also cross generations.
 pub(crate) fn options(topic: &str) -> RelayOptions {
     RelayOptions {
         topic: topic.to_owned(),
@@ -240,6 +242,7 @@ pub(crate) fn options(topic: &str) -> RelayOptions {
         idle_poll_min: Duration::from_millis(5),
         idle_poll_max: Duration::from_millis(50),
         publish_timeout: Duration::from_secs(30),
+        rotate_after: 100,
     }
 }
 
