@@ -2,9 +2,10 @@
 //! transaction does to them (PostgreSQL only).
 //!
 //! Producers commit one event per transaction at `--rate` for `--duration`, open loop; the
-//! relay publishes to the embedded queue in the same database, and a consumer group (eight
-//! consumers) reads and acks everything. Every tenth of the run, the size and live and dead tuples of each Herald
-//! table are sampled from `pg_stat_user_tables`. The run is made twice: once as it is, and
+//! relay publishes to the chosen broker (by default the embedded queue, in the same
+//! database), and a consumer group (eight consumers) reads and acks everything. Every tenth
+//! of the run, the size and dead tuples of each Herald table are sampled from
+//! `pg_stat_user_tables` (the outbox's generations counted as one table). The run is made twice: once as it is, and
 //! once with another session holding a `REPEATABLE READ` transaction open from start to
 //! end, which keeps VACUUM from removing any row deleted meanwhile. Each case checks that
 //! every committed event was consumed, once, before it reports.
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use herald_broker::embedded::EmbeddedBroker;
 use herald_broker::{Broker, SubscribeOptions};
 use herald_outbox::{Relay, RelayOptions};
 use herald_store::Store;
@@ -25,7 +25,6 @@ use super::{Options, Progress, outcome, sample_event};
 use crate::report::Outcome;
 use crate::target::{Engine, Target};
 
-const TOPIC: &str = "bench.soak";
 /// Samples taken over a run.
 const SAMPLES: u32 = 10;
 
@@ -35,11 +34,6 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Outcome>> {
         options.engine == Engine::Postgres,
         "the soak scenario measures PostgreSQL's tables and dead tuples; run it with --store \
          postgres"
-    );
-    anyhow::ensure!(
-        options.broker.is_embedded(),
-        "the soak scenario measures the tables of the embedded queue too; run it without \
-         --broker"
     );
     Ok(vec![
         case(options, false).await?,
@@ -57,8 +51,9 @@ struct TableSample {
 
 async fn sample(pool: &PgPool) -> anyhow::Result<Vec<TableSample>> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT relname::text, pg_total_relation_size(relid), n_dead_tup \
-         FROM pg_stat_user_tables WHERE relname LIKE 'herald\\_%' ORDER BY relname",
+        "SELECT regexp_replace(relname::text, '^herald_outbox_g[0-9]+$', 'herald_outbox') AS t, \
+                sum(pg_total_relation_size(relid))::BIGINT, sum(n_dead_tup)::BIGINT \
+         FROM pg_stat_user_tables WHERE relname LIKE 'herald\\_%' GROUP BY t ORDER BY t",
     )
     .fetch_all(pool)
     .await?;
@@ -70,38 +65,50 @@ async fn sample(pool: &PgPool) -> anyhow::Result<Vec<TableSample>> {
 
 async fn case(options: &Options, hold: bool) -> anyhow::Result<Outcome> {
     let target = Target::create(Engine::Postgres, &options.postgres_url, 12).await?;
+    if let Err(err) = herald_store::migrate::migrate(
+        &target.store,
+        &[&herald_outbox::MIGRATIONS, options.broker.migrations()],
+    )
+    .await
+    {
+        target.finish().await?;
+        return Err(err.into());
+    }
+    let (target, broker) = options.broker.open(target).await?;
+    let topic = crate::broker::unique_topic("soak");
     // Bounded even if the database grinds to a halt: the case fails, and its database (and
     // every session on it) is dropped.
     let limit = options.duration + Duration::from_secs(300);
-    let result = match tokio::time::timeout(limit, case_on(options, &target, hold)).await {
-        Ok(result) => result,
-        Err(_) => Err(anyhow::anyhow!(
-            "the soak case did not finish within {limit:?}: Herald fell behind the offered \
-             rate and did not catch up"
-        )),
-    };
+    let run = options
+        .broker
+        .deleting_topic_after(broker.as_ref(), &topic, async {
+            match tokio::time::timeout(limit, case_on(options, &target, &broker, &topic, hold))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!(
+                    "the soak case did not finish within {limit:?}: Herald fell behind the \
+                 offered rate and did not catch up"
+                )),
+            }
+        });
+    let result = run.await;
     target.finish().await?;
     result
 }
 
-async fn case_on(options: &Options, target: &Target, hold: bool) -> anyhow::Result<Outcome> {
+async fn case_on(
+    options: &Options,
+    target: &Target,
+    broker: &Arc<dyn Broker>,
+    topic: &str,
+    hold: bool,
+) -> anyhow::Result<Outcome> {
     let Store::Postgres(pool) = &target.store else {
         anyhow::bail!("the soak scenario needs PostgreSQL");
     };
-    herald_store::migrate::migrate(
-        &target.store,
-        &[
-            &herald_outbox::MIGRATIONS,
-            &herald_broker::embedded::MIGRATIONS,
-        ],
-    )
-    .await?;
-    let broker = Arc::new(EmbeddedBroker::new(target.store.clone()));
-    // The group exists before anything is published, so it gets every message; held (never
-    // read) through the run.
-    let group = broker
-        .subscribe(TOPIC, "bench", SubscribeOptions::default())
-        .await?;
+    // The consumers' group exists before anything is published, so it gets every message.
+    let group = options.broker.group_before(broker.as_ref(), topic).await?;
 
     // The held transaction: a snapshot taken now and kept to the end.
     let mut held = None;
@@ -120,7 +127,7 @@ async fn case_on(options: &Options, target: &Target, hold: bool) -> anyhow::Resu
         target.store.clone(),
         broker.clone(),
         RelayOptions {
-            topic: TOPIC.to_owned(),
+            topic: topic.to_owned(),
             ..RelayOptions::default()
         },
     ));
@@ -134,6 +141,7 @@ async fn case_on(options: &Options, target: &Target, hold: bool) -> anyhow::Resu
     let mut committed = Vec::with_capacity(total);
     let consuming = tokio::spawn(consume(
         broker.clone(),
+        topic.to_owned(),
         total,
         options.duration + Duration::from_secs(120),
     ));
@@ -176,7 +184,9 @@ async fn case_on(options: &Options, target: &Target, hold: bool) -> anyhow::Resu
         sqlx::query("ROLLBACK").execute(&mut *conn).await?;
     }
     relaying.stop().await?;
-    drop(group);
+    if let Some(mut group) = group {
+        group.close().await;
+    }
     anyhow::ensure!(
         committed.iter().all(|id| consumed.contains(id)),
         "a committed event was not consumed"
@@ -195,7 +205,7 @@ async fn case_on(options: &Options, target: &Target, hold: bool) -> anyhow::Resu
             options.rate
         ),
         Engine::Postgres,
-        "embedded",
+        options.broker.name(),
         consumed.len() as f64 / elapsed.as_secs_f64(),
         "events/s",
         None,
@@ -205,7 +215,9 @@ async fn case_on(options: &Options, target: &Target, hold: bool) -> anyhow::Resu
             consumed.len(),
             committed.len()
         ),
-        format!("{}; {}", growth(&samples), target.durability),
+        options
+            .broker
+            .settings(&format!("{}; {}", growth(&samples), target.durability)),
     );
     Ok(result)
 }
@@ -216,7 +228,8 @@ const CONSUMERS: usize = 8;
 /// Reads and acks with [`CONSUMERS`] subscriptions until `total` distinct messages came, at
 /// most `limit`; returns their ids and how many came more than once.
 async fn consume(
-    broker: Arc<EmbeddedBroker>,
+    broker: Arc<dyn Broker>,
+    topic: String,
     total: usize,
     limit: Duration,
 ) -> anyhow::Result<(HashSet<String>, usize)> {
@@ -227,10 +240,10 @@ async fn consume(
     )));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..CONSUMERS {
-        let (broker, seen) = (broker.clone(), seen.clone());
+        let (broker, seen, topic) = (broker.clone(), seen.clone(), topic.clone());
         workers.spawn(async move {
             let mut subscription = broker
-                .subscribe(TOPIC, "bench", SubscribeOptions::default())
+                .subscribe(&topic, crate::broker::GROUP, SubscribeOptions::default())
                 .await?;
             let done = |seen: &std::sync::Mutex<(HashSet<String>, usize)>| {
                 seen.lock()
