@@ -11,8 +11,12 @@
 //! Each owned partition has a reader task that reads ahead up to [`LogOptions::prefetch`]
 //! records. [`Subscription::receive`] hands out, in log order, each record that is ready and
 //! whose key has no earlier record pending, so a key's records go one at a time and other keys
-//! are not held up. Before handing records out it stores their receive counts, so a consumer
-//! that takes the partition over goes on counting. Acks mark records done; the done prefix
+//! are not held up. Before handing records out it stores what a consumer that takes the
+//! partition over needs to go on counting receives: the counts of records received before,
+//! and, for first receives, a mark [`COUNT_AHEAD`] records past them, below which a new owner
+//! counts any record as received once. (One write per step instead of one per receive: a
+//! partition's row is written over and over, and while a long transaction is open anywhere
+//! in the database every version of it is kept, and each write gets slower.) Acks mark records done; the done prefix
 //! becomes the partition's committed position at the next heartbeat. Visibility timeouts,
 //! nack delays and extensions are timers here; dead letters go to the database.
 
@@ -67,6 +71,12 @@ struct Part {
     read_position: Position,
     /// Stored receive counts of records not read yet.
     stored_counts: HashMap<Position, u32>,
+    /// Records before this position, with no stored count, may have been handed out once by
+    /// an earlier owner: they start counted once.
+    inherited_until: Position,
+    /// Stored: records before this position may have been handed out once. Raised by
+    /// [`COUNT_AHEAD`] when a first receive reaches it, so most first receives need no write.
+    counted_until: Position,
     /// Assigned to another consumer: nothing more is handed out, and the partition is
     /// released once nothing is in flight.
     draining: bool,
@@ -95,6 +105,7 @@ impl Part {
             token: self.token,
             next_position: self.next_position(),
             counts: group::encode_counts(pending.chain(unread)),
+            counted_until: self.counted_until,
         }
     }
 
@@ -138,6 +149,12 @@ struct Owned {
     /// Where the next receive starts looking, so partitions take turns.
     turn: u32,
 }
+
+/// How far ahead of a first receive an owner marks records as possibly handed out (see
+/// [`Part::counted_until`]): one write per this many first receives. After a take-over, up to
+/// this many records that were never handed out count as received once, so each gets one
+/// delivery fewer before it is dead-lettered; a record is never dead-lettered unreceived.
+const COUNT_AHEAD: Position = 256;
 
 #[derive(Debug)]
 struct Shared {
@@ -391,6 +408,8 @@ async fn rebalance(shared: &Arc<Shared>) -> Result<(), BrokerError> {
             entries: VecDeque::new(),
             read_position: claimed.next_position,
             stored_counts: claimed.counts,
+            inherited_until: claimed.counted_until,
+            counted_until: claimed.counted_until,
             draining: false,
             reader: None,
         };
@@ -500,10 +519,11 @@ async fn read_loop(shared: Arc<Shared>, p: u32, token: i64, from: Position) {
             part.read_position = position + 1;
             from = position + 1;
             let stored = part.stored_counts.remove(&position);
+            let inherited = u32::from(position < part.inherited_until);
             part.entries.push_back(Entry {
                 position,
                 message,
-                count: stored.unwrap_or(0),
+                count: stored.unwrap_or(inherited),
                 last_error: String::new(),
                 state: if stored == Some(0) {
                     State::Done
@@ -566,7 +586,7 @@ impl Shared {
                 continue;
             };
             let mut blocked: HashSet<String> = HashSet::new();
-            let mut handed = false;
+            let mut save = false;
             for entry in &mut part.entries {
                 if let State::Held { until, .. } = entry.state {
                     if until <= now {
@@ -612,6 +632,12 @@ impl Shared {
                     continue;
                 }
                 entry.count = entry.count.saturating_add(1);
+                if entry.count > 1 {
+                    save = true;
+                } else if entry.position >= part.counted_until {
+                    part.counted_until = entry.position.saturating_add(COUNT_AHEAD);
+                    save = true;
+                }
                 *next_lease += 1;
                 entry.state = State::Held {
                     lease: *next_lease,
@@ -628,9 +654,8 @@ impl Shared {
                     entry.message.clone(),
                     entry.count,
                 ));
-                handed = true;
             }
-            if handed {
+            if save {
                 pass.saves.push(part.progress(p));
             }
         }

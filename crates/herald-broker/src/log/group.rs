@@ -18,6 +18,8 @@ pub(super) struct Claimed {
     pub(super) token: i64,
     pub(super) next_position: Position,
     pub(super) counts: HashMap<Position, u32>,
+    /// Records before this position may have been handed out once.
+    pub(super) counted_until: Position,
 }
 
 /// What an owner writes back: where the group has got to and the counts it must not forget.
@@ -27,6 +29,8 @@ pub(super) struct Progress {
     pub(super) token: i64,
     pub(super) next_position: Position,
     pub(super) counts: String,
+    /// Records before this position count as handed out once unless `counts` says otherwise.
+    pub(super) counted_until: Position,
 }
 
 fn to_db(position: Position) -> Result<i64, BrokerError> {
@@ -167,16 +171,19 @@ pub(super) async fn claim(
                 SET owner = $4, token = token + 1, lease_until = $5 \
                 WHERE topic = $1 AND grp = $2 AND part = $3 \
                   AND (owner IS NULL OR owner = $4 OR lease_until < $6) \
-                RETURNING token, next_position, counts";
-    let row: Option<(i64, i64, String)> = on_store!(store, pool, sql => {
+                RETURNING token, next_position, counts, counted_until";
+    let row: Option<(i64, i64, String, i64)> = on_store!(store, pool, sql => {
         sqlx::query_as(sql(text)).bind(topic).bind(group).bind(part_db(part)).bind(member)
             .bind(lease_until).bind(now_ms()).fetch_optional(pool).await?
     });
-    Ok(row.map(|(token, next_position, counts)| Claimed {
-        token,
-        next_position: from_db(next_position),
-        counts: decode_counts(&counts),
-    }))
+    Ok(
+        row.map(|(token, next_position, counts, counted_until)| Claimed {
+            token,
+            next_position: from_db(next_position),
+            counts: decode_counts(&counts),
+            counted_until: from_db(counted_until),
+        }),
+    )
 }
 
 /// Writes an owner's progress and extends its lease to `lease_until`, or releases the
@@ -191,14 +198,16 @@ pub(super) async fn save(
     lease_until: Option<i64>,
 ) -> Result<bool, BrokerError> {
     let text = "UPDATE herald_log_partitions \
-                SET next_position = $4, counts = $5, lease_until = $6, owner = $7 \
+                SET next_position = $4, counts = $5, lease_until = $6, owner = $7, \
+                    counted_until = $10 \
                 WHERE topic = $1 AND grp = $2 AND part = $3 AND owner = $8 AND token = $9";
     let next_position = to_db(progress.next_position)?;
+    let counted_until = to_db(progress.counted_until)?;
     let owner = lease_until.map(|_| member);
     let affected = on_store!(store, pool, sql => {
         sqlx::query(sql(text)).bind(topic).bind(group).bind(part_db(progress.part))
             .bind(next_position).bind(&progress.counts).bind(lease_until.unwrap_or(0))
-            .bind(owner).bind(member).bind(progress.token)
+            .bind(owner).bind(member).bind(progress.token).bind(counted_until)
             .execute(pool).await?.rows_affected()
     });
     Ok(affected == 1)

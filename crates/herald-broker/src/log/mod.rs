@@ -112,16 +112,30 @@ use crate::{Broker, SubscribeOptions, Subscription};
 /// [`herald_store::migrate::migrate`] (component `log`).
 pub const MIGRATIONS: MigrationSet = MigrationSet {
     component: "log",
-    postgres: &[Migration {
-        version: 1,
-        name: "create log groups",
-        sql: include_str!("../../migrations/postgres/log_0001.sql"),
-    }],
-    sqlite: &[Migration {
-        version: 1,
-        name: "create log groups",
-        sql: include_str!("../../migrations/sqlite/log_0001.sql"),
-    }],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "create log groups",
+            sql: include_str!("../../migrations/postgres/log_0001.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "count first receives in steps",
+            sql: include_str!("../../migrations/postgres/log_0002.sql"),
+        },
+    ],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "create log groups",
+            sql: include_str!("../../migrations/sqlite/log_0001.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "count first receives in steps",
+            sql: include_str!("../../migrations/sqlite/log_0002.sql"),
+        },
+    ],
 };
 
 /// How a [`LogBroker`] partitions topics and runs its consumer groups.

@@ -174,3 +174,71 @@ async fn deleting_a_topic_forgets_its_groups(db: TestDb) {
     }
     other.close().await;
 }
+
+/// First receives write a partition's row once per step, not once per receive: a row written
+/// over and over is what a long-held transaction elsewhere makes slower with every write.
+/// (A trigger counts the writes; receive counts after a take-over are checked by the
+/// conformance suite's `a_vanished_consumers_messages_come_back`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_receives_write_the_partition_row_in_steps() {
+    const MESSAGES: usize = 200;
+    let db = TestDb::postgres().await;
+    herald_store::migrate::migrate(db.store(), &[&MIGRATIONS])
+        .await
+        .unwrap();
+    let Store::Postgres(pool) = db.store() else {
+        unreachable!("a PostgreSQL test database");
+    };
+    sqlx::raw_sql(
+        "CREATE TABLE test_writes (n BIGINT NOT NULL); INSERT INTO test_writes VALUES (0); \
+         CREATE FUNCTION test_count_write() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN UPDATE test_writes SET n = n + 1; RETURN NEW; END $$; \
+         CREATE TRIGGER test_count AFTER UPDATE ON herald_log_partitions \
+           FOR EACH ROW EXECUTE FUNCTION test_count_write();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let options = LogOptions {
+        partitions: 1,
+        ..LogOptions::default()
+    };
+    let broker =
+        LogBroker::new(crate::memory_log::log().await, db.store().clone(), options).unwrap();
+    let (topic, group) = (unique_name("steps"), unique_name("group"));
+    let mut sub = broker
+        .subscribe(&topic, &group, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let messages: Vec<_> = (0..MESSAGES)
+        .map(|i| message(&format!("m{i}"), None, b"x"))
+        .collect();
+    broker.publish(&topic, &messages).await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT n FROM test_writes")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    // One receive per message: before the steps, each one wrote the row.
+    let mut received = 0;
+    for _ in 0..MESSAGES * 2 {
+        if received == MESSAGES {
+            break;
+        }
+        for delivery in sub.receive(1, PATIENCE).await.unwrap() {
+            assert_eq!(delivery.receive_count, 1);
+            delivery.ack().await.unwrap();
+            received += 1;
+        }
+    }
+    assert_eq!(received, MESSAGES);
+    let writes = sqlx::query_scalar::<_, i64>("SELECT n FROM test_writes")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        - before;
+    sub.close().await;
+    assert!(
+        writes < (MESSAGES / 4) as i64,
+        "{MESSAGES} first receives wrote the partition's row {writes} times"
+    );
+}
