@@ -18,6 +18,7 @@ use herald_broker::log::{Connect, Connecting, Log, LogBroker};
 use herald_broker::{Broker, BrokerError, SubscribeOptions};
 use herald_core::admin::AdminToken;
 use herald_inbox::{Consumer, ConsumerOptions, Handler};
+use herald_leader::{Leases, RedisLeaseOptions};
 use herald_outbox::{Relay, RelayOptions};
 use herald_platform::PlatformState;
 use herald_store::migrate::Applied;
@@ -28,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::app::{self, AppOptions};
-use crate::config::{BrokerConfig, BrokerKind, Config, ConsumerConfig, Role};
+use crate::config::{BrokerConfig, BrokerKind, Config, ConsumerConfig, LeaseConfig, Role};
 
 /// The running roles.
 #[derive(Debug)]
@@ -127,6 +128,19 @@ pub fn build_broker(config: &BrokerConfig, store: &Store) -> anyhow::Result<Arc<
     Ok(Arc::new(broker))
 }
 
+/// The configured leases: in `store`, or in Redis (connected when first used, so a Redis that
+/// is down does not stop Herald from starting: the relay campaigns until it answers).
+pub fn build_leases(config: &LeaseConfig, store: &Store) -> anyhow::Result<Leases> {
+    match config {
+        LeaseConfig::Database => Ok(Leases::new(store.clone())),
+        LeaseConfig::Redis { url, prefix } => {
+            let mut options = RedisLeaseOptions::new(url.expose().clone());
+            options.key_prefix.clone_from(prefix);
+            Leases::redis(options).context("the relay's lease cannot be kept in Redis ([redis])")
+        }
+    }
+}
+
 /// Connects to the configured store.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     let options = StoreOptions {
@@ -201,7 +215,19 @@ impl Runtime {
             let groups = consumer_groups(config);
             let declare_on = broker.clone();
             let relay = Arc::new(relay);
-            let lease_store = store.clone();
+            let leases = build_leases(&config.leases, &store)?;
+            if matches!(config.leases, LeaseConfig::Redis { .. }) {
+                let check_leases = leases.clone();
+                health.add_check("leases", move || {
+                    let leases = check_leases.clone();
+                    async move {
+                        leases
+                            .ping()
+                            .await
+                            .map_err(|err| herald_core::error_chain(&err))
+                    }
+                });
+            }
             let leader = herald_leader::LeaderOptions {
                 ttl: config.relay.lease_ttl.0,
                 retry: (config.relay.lease_ttl.0 / 10).max(Duration::from_millis(100)),
@@ -212,17 +238,10 @@ impl Runtime {
                 }
                 // One relay per outbox leads; the others stand by to take over.
                 let holder = instance_name();
-                herald_leader::lead(
-                    lease_store,
-                    RELAY_LEASE,
-                    &holder,
-                    leader,
-                    stop,
-                    |fence, lost| {
-                        let relay = relay.clone();
-                        async move { relay.run_fenced(fence, lost.wait()).await }
-                    },
-                )
+                herald_leader::lead(leases, RELAY_LEASE, &holder, leader, stop, |fence, lost| {
+                    let relay = relay.clone();
+                    async move { relay.run_fenced(fence, lost.wait()).await }
+                })
                 .await
             });
         }
@@ -443,6 +462,7 @@ fn consumer(
     options.concurrency = section.concurrency;
     options.max_deliveries = section.max_deliveries;
     options.retention = section.inbox_retention;
+    options.visibility_timeout = section.visibility_timeout;
     Consumer::new(store.clone(), broker.clone(), options, handler)
         .with_context(|| format!("cannot build the {name} consumer"))
 }
@@ -464,5 +484,6 @@ fn router_options(config: &Config) -> herald_router::EngineOptions {
             max_cooldown: section.breaker_max_cooldown.0,
         },
         retention: section.retention.0,
+        lease: section.lease_ttl.0,
     }
 }

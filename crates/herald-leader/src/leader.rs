@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use herald_store::Store;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -56,7 +55,8 @@ impl Stop {
     }
 }
 
-/// Holds lease `name` as `holder` whenever it can, and runs `work` while holding it.
+/// Holds lease `name` of `leases` (in the database or in Redis) as `holder` whenever it can,
+/// and runs `work` while holding it.
 ///
 /// Until `shutdown` completes: tries to acquire the lease every `retry`; once it has it,
 /// starts `work` with the holding's [`Fence`] (for the work's writes to check) and a
@@ -70,7 +70,7 @@ impl Stop {
 /// The work must stop promptly when told: until it does, it may still be writing, and only
 /// its fence keeps those writes out once another instance leads.
 pub async fn lead<W, F, E>(
-    store: Store,
+    leases: Leases,
     name: &str,
     holder: &str,
     options: LeaderOptions,
@@ -81,7 +81,6 @@ where
     W: FnMut(Fence, Stop) -> F,
     F: Future<Output = Result<(), E>>,
 {
-    let leases = Leases::new(store);
     tokio::pin!(shutdown);
     loop {
         let fence = tokio::select! {

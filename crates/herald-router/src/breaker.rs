@@ -121,6 +121,16 @@ impl Breaker {
         self.cooldown = self.options.cooldown;
     }
 
+    /// Reports a call abandoned without an answer (or never made): it says nothing about the
+    /// endpoint. A probe that is abandoned lets the next call be the probe at once.
+    pub fn abandoned(&mut self) {
+        if self.state == BreakerState::HalfOpen {
+            self.state = BreakerState::Open {
+                until: Instant::now(),
+            };
+        }
+    }
+
     /// Reports a call that failed (a retryable outcome: 429, 5xx, timeout).
     pub fn failed(&mut self) {
         match self.state {

@@ -11,15 +11,21 @@
 //! - the pool's rate limit: tokens are taken before the claim (and unused ones given back);
 //! - the endpoint's circuit breaker: none while it is open, one probe after its cooldown.
 //!
-//! It claims that many jobs (a lease in the store, so a crashed router's jobs come back) and
-//! starts one task per claimed job: tasks exist only for requests in flight, never for
-//! waiting jobs, which stay rows. Under load a claim per freed slot would bound the router by
-//! the claim query's latency, so when neither a rate limit nor a breaker probe is in play it
-//! claims up to the subscription's share at once and keeps the rest *ahead*, started first as
-//! slots free; jobs ahead are given back (due again at once) when the breaker stops admitting,
-//! after 10 s of waiting, and when the router stops. FIFO order and the absence of head-of-line blocking across
-//! keys come from the claim (see [`job`](crate::job)). When nothing could be claimed the loop
-//! sleeps until a delivery finishes, it is woken, or `poll_interval` passes.
+//! It claims that many jobs and starts one task per claimed job: tasks exist only for
+//! requests in flight, never for waiting jobs, which stay rows. A claim is a short lease in
+//! the store (`lease`, 5 s by default) that a heartbeat renews, in one statement, for every
+//! job the router holds, so a router that dies gives its jobs up within a lease; a request
+//! runs only while its lease is known to be held, and a job a renewal finds under another
+//! router's lease is dropped without recording anything (see [`lease`](crate::lease) for why
+//! two routers never deliver one job at once). Under load a claim per freed slot would bound
+//! the router by the claim query's latency, so when neither a rate limit nor a breaker probe
+//! is in play it claims up to the subscription's share at once and keeps the rest *ahead*,
+//! started first as slots free (their leases renewed meanwhile, and only while a renewal has
+//! confirmed them); jobs ahead are given back (due again at once) when the breaker stops
+//! admitting, after 10 s of waiting, and when the router stops, and dropped when a renewal
+//! finds them under another router's lease. FIFO order and the absence of head-of-line
+//! blocking across keys come from the claim (see [`job`](crate::job)). When nothing could be
+//! claimed the loop sleeps until a delivery finishes, it is woken, or `poll_interval` passes.
 //!
 //! Pools and subscriptions are re-read every `refresh`: a pool's new concurrency or rate
 //! applies within that time, without a restart.
@@ -44,6 +50,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{Admits, Breaker, BreakerOptions};
 use crate::job::{self, Attempt, Claimed, Next};
+use crate::lease::{Held, Lapse, Leases};
 use crate::limit::TokenBucket;
 use crate::mediator::{self, Mediator};
 use crate::outcome::{Backoff, Outcome};
@@ -74,7 +81,17 @@ pub struct EngineOptions {
     /// How long finished jobs (delivered or dead), their attempts and the events no job needs
     /// are kept; also how far back a replay can reach.
     pub retention: Duration,
+    /// How long a claimed job stays this router's without a renewal, between
+    /// [`MIN_LEASE`] and [`MAX_LEASE`]. The router renews the leases of the jobs it holds
+    /// every quarter of it, so a request may take longer (up to `request_timeout`); a router
+    /// that dies gives its jobs up this long after its last renewal.
+    pub lease: Duration,
 }
+
+/// The shortest [`EngineOptions::lease`].
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+/// The longest [`EngineOptions::lease`].
+pub const MAX_LEASE: Duration = Duration::from_secs(300);
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -85,6 +102,7 @@ impl Default for EngineOptions {
             backoff: Backoff::default(),
             breaker: BreakerOptions::default(),
             retention: Duration::from_secs(7 * 24 * 3600),
+            lease: Duration::from_secs(5),
         }
     }
 }
@@ -95,6 +113,9 @@ pub enum EngineError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] mediator::BuildError),
+    /// [`EngineOptions::lease`] is out of its bounds.
+    #[error("the job lease {0:?} is not between {MIN_LEASE:?} and {MAX_LEASE:?}")]
+    Lease(Duration),
 }
 
 #[derive(Debug)]
@@ -113,11 +134,21 @@ struct SubState {
     breaker: Arc<Mutex<Breaker>>,
     in_flight: Arc<AtomicU32>,
     /// Jobs claimed ahead of free slots, with when: started first, given back when stale.
-    ahead: Mutex<VecDeque<(Claimed, Instant)>>,
+    ahead: Mutex<VecDeque<(Taken, Instant)>>,
 }
 
-/// How long a job claimed ahead may wait for a free slot before it is given back (well within
-/// its lease, which is the request timeout plus 30 s).
+/// A job this router claimed, and its lease (renewed while this lives).
+#[derive(Debug)]
+struct Taken {
+    job: Claimed,
+    lease: Held,
+}
+
+/// How long a job claimed ahead may wait for a free slot before it is given back, so that a
+/// router whose slots stay busy does not sit on jobs another could deliver. The heartbeat
+/// renews a waiting job's lease like any other, so this may exceed the lease; what decides
+/// whether a waiting job may still start is its lease (`Held::is_held`), checked when it
+/// leaves the queue.
 const AHEAD_STALE: Duration = Duration::from_secs(10);
 
 /// See the [module docs](self).
@@ -127,6 +158,7 @@ pub struct Engine {
     mediator: Mediator,
     options: EngineOptions,
     wake: Arc<Notify>,
+    leases: Arc<Leases>,
 }
 
 /// Wakes a router (after a job is created or retried in the same process).
@@ -143,9 +175,13 @@ impl Waker {
 impl Engine {
     /// A router over `store`.
     pub fn new(store: Store, options: EngineOptions) -> Result<Self, EngineError> {
+        if !(MIN_LEASE..=MAX_LEASE).contains(&options.lease) {
+            return Err(EngineError::Lease(options.lease));
+        }
         Ok(Self {
             store,
             mediator: Mediator::new(options.request_timeout)?,
+            leases: Leases::new(options.lease),
             options,
             wake: Arc::new(Notify::new()),
         })
@@ -156,8 +192,12 @@ impl Engine {
         Waker(self.wake.clone())
     }
 
-    /// Delivers until `shutdown` completes, then waits for the requests in flight.
+    /// Delivers until `shutdown` completes, then waits for the requests in flight. Dropped
+    /// before, it stops at once: its requests are dropped and its jobs come back to any
+    /// router when their leases run out.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), EngineError> {
+        // Renews while requests are in flight, until they are all over (or `run` is dropped).
+        let _heartbeat = self.leases.start(self.store.clone());
         let mut shutdown = std::pin::pin!(shutdown);
         let mut pools: HashMap<String, PoolState> = HashMap::new();
         let mut subs: Vec<SubState> = Vec::new();
@@ -184,7 +224,7 @@ impl Engine {
                 let Some(pool) = pools.get(&sub.subscription.pool) else {
                     continue;
                 };
-                let (claimed, token_due) = self.claim_for(sub, pool).await;
+                let (claimed, token_due, probe) = self.claim_for(sub, pool).await;
                 if let Some(due) = token_due {
                     sleep = sleep.min(due.saturating_duration_since(Instant::now()));
                 }
@@ -195,7 +235,7 @@ impl Engine {
                 for job in claimed {
                     pool.in_flight.fetch_add(1, Ordering::SeqCst);
                     sub.in_flight.fetch_add(1, Ordering::SeqCst);
-                    tasks.spawn(self.deliver(job, sub, pool));
+                    tasks.spawn(self.deliver(job, sub, pool, probe));
                 }
             }
             start = start.wrapping_add(1);
@@ -337,8 +377,13 @@ impl Engine {
     }
 
     /// Claims as many of `sub`'s due jobs as may start now. When the pool's rate limit is
-    /// what holds it back, also says when the next token is due.
-    async fn claim_for(&self, sub: &SubState, pool: &PoolState) -> (Vec<Claimed>, Option<Instant>) {
+    /// what holds it back, also says when the next token is due; and whether the job is the
+    /// breaker's probe.
+    async fn claim_for(
+        &self,
+        sub: &SubState,
+        pool: &PoolState,
+    ) -> (Vec<Taken>, Option<Instant>, bool) {
         let concurrency = pool.pool.concurrency;
         let free = concurrency.saturating_sub(pool.in_flight.load(Ordering::SeqCst));
         let share = if pool.subscriptions > 1 {
@@ -349,7 +394,7 @@ impl Engine {
         let room = share.saturating_sub(sub.in_flight.load(Ordering::SeqCst));
         let mut wanted = free.min(room);
         if wanted == 0 {
-            return (Vec::new(), None);
+            return (Vec::new(), None, false);
         }
         let admits = lock(&sub.breaker).admits();
         if admits != Admits::Any {
@@ -357,7 +402,7 @@ impl Engine {
             self.give_back(sub).await;
         }
         match admits {
-            Admits::None => return (Vec::new(), None),
+            Admits::None => return (Vec::new(), None, false),
             Admits::Probe => wanted = 1,
             Admits::Any => {}
         }
@@ -365,44 +410,68 @@ impl Engine {
         if let Some(bucket) = &pool.bucket {
             match take_tokens(bucket, &pool.reserved, wanted) {
                 Ok(taken) => tokens = taken,
-                Err(due) => return (Vec::new(), Some(due)),
+                Err(due) => return (Vec::new(), Some(due), false),
             }
             wanted = tokens;
         }
         let mut claimed = Vec::new();
         let mut stale = Vec::new();
-        {
+        let mut unsure = Vec::new();
+        let renewals_late = {
             let mut ahead = lock(&sub.ahead);
             while claimed.len() < wanted as usize
-                && let Some((job, at)) = ahead.pop_front()
+                && let Some((taken, at)) = ahead.pop_front()
             {
-                if at.elapsed() < AHEAD_STALE {
-                    claimed.push(job);
+                if taken.lease.is_lost() {
+                    // Another router has it now: not ours to start or give back.
+                    tracing::warn!(
+                        job_id = %taken.job.id,
+                        "a job claimed ahead is under another lease now; it is dropped"
+                    );
+                } else if at.elapsed() >= AHEAD_STALE {
+                    stale.push(taken);
+                } else if taken.lease.is_held() {
+                    claimed.push(taken);
                 } else {
-                    stale.push(job);
+                    // Renewals are late: it may not start until one confirms its lease (or
+                    // finds it lost). Giving it back would be one more write to a store that
+                    // is already slow; it waits, in its place.
+                    unsure.push((taken, at));
                 }
             }
-        }
+            let late = !unsure.is_empty();
+            for entry in unsure.into_iter().rev() {
+                ahead.push_front(entry);
+            }
+            late
+        };
         self.release(stale).await;
         let need = wanted.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
         if need > 0 {
             // One claim query per freed slot would bound the router by the query's latency:
             // claim up to the subscription's share at once and keep the rest ahead. Not with
-            // a rate limit or a probe, which must not hold more than they may start.
-            let extra = if admits == Admits::Any && pool.bucket.is_none() {
+            // a rate limit or a probe, which must not hold more than they may start, nor while
+            // renewals are late (jobs ahead wait for them).
+            let extra = if admits == Admits::Any && pool.bucket.is_none() && !renewals_late {
                 share.saturating_sub(need)
             } else {
                 0
             };
-            let lease_ms = i64::try_from(self.options.request_timeout.as_millis())
-                .unwrap_or(i64::MAX / 2)
-                .saturating_add(30_000);
+            let sent = Instant::now();
+            let lease_ms = self.leases.length_ms();
             match job::claim(&self.store, sub.subscription.id, need + extra, lease_ms).await {
-                Ok(mut fresh) => {
+                Ok(fresh) => {
+                    let mut fresh: Vec<Taken> = fresh
+                        .into_iter()
+                        .map(|job| Taken {
+                            lease: self.leases.hold(&job, sent),
+                            job,
+                        })
+                        .collect();
                     let keep = fresh.split_off((need as usize).min(fresh.len()));
                     claimed.append(&mut fresh);
                     let now = Instant::now();
-                    lock(&sub.ahead).extend(keep.into_iter().map(|job| (job, now)));
+                    lock(&sub.ahead).extend(keep.into_iter().map(|taken| (taken, now)));
                 }
                 Err(err) => {
                     tracing::warn!(
@@ -417,22 +486,25 @@ impl Engine {
             let used = u32::try_from(claimed.len()).unwrap_or(tokens);
             bucket.refund(tokens.saturating_sub(used));
         }
-        if admits == Admits::Probe && !claimed.is_empty() {
+        let probe = admits == Admits::Probe && !claimed.is_empty();
+        if probe {
             // Marks the probe as out; the breaker refuses others until it reports.
             let _ = lock(&sub.breaker).allow();
         }
-        (claimed, None)
+        (claimed, None, probe)
     }
 
     /// Gives back every job `sub` claimed ahead.
     async fn give_back(&self, sub: &SubState) {
-        let jobs: Vec<Claimed> = lock(&sub.ahead).drain(..).map(|(job, _)| job).collect();
-        self.release(jobs).await;
+        let taken: Vec<Taken> = lock(&sub.ahead).drain(..).map(|(taken, _)| taken).collect();
+        self.release(taken).await;
     }
 
-    /// Releases `jobs` in the store, so they are due again now rather than when their lease
-    /// runs out.
-    async fn release(&self, jobs: Vec<Claimed>) {
+    /// Releases `taken` in the store, so they are due again now rather than when their lease
+    /// runs out (only those still under this router's token: the release checks it).
+    async fn release(&self, taken: Vec<Taken>) {
+        // Forgets the leases first, so the heartbeat stops renewing them.
+        let jobs: Vec<Claimed> = taken.into_iter().map(|taken| taken.job).collect();
         if let Err(err) = job::release(&self.store, &jobs).await {
             tracing::warn!(
                 jobs = jobs.len(),
@@ -442,12 +514,14 @@ impl Engine {
         }
     }
 
-    /// The task that makes one attempt at `job` and records it.
+    /// The task that makes one attempt at `taken` and records it; `probe` if it is the
+    /// breaker's probe.
     fn deliver(
         &self,
-        job: Claimed,
+        taken: Taken,
         sub: &SubState,
         pool: &PoolState,
+        probe: bool,
     ) -> impl Future<Output = ()> + Send + 'static {
         let store = self.store.clone();
         let mediator = self.mediator.clone();
@@ -467,11 +541,13 @@ impl Engine {
                 &mediator,
                 backoff,
                 &subscription,
-                &breaker,
-                &job,
+                (&breaker, probe),
+                &taken,
                 &labels,
             )
             .await;
+            // Stops renewing the lease (the job is finished, or abandoned).
+            drop(taken);
             in_flight.dec();
             for counter in counters {
                 counter.fetch_sub(1, Ordering::SeqCst);
@@ -481,7 +557,7 @@ impl Engine {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -540,14 +616,18 @@ async fn attempt(
     mediator: &Mediator,
     backoff: Backoff,
     subscription: &Subscription,
-    breaker: &Mutex<Breaker>,
-    job: &Claimed,
+    (breaker, probe): (&Mutex<Breaker>, bool),
+    Taken { job, lease }: &Taken,
     pool: &PoolLabels,
 ) {
     let started_at = now_ms();
     let body = match &job.body {
         Some(body) => body,
         None => {
+            if probe {
+                // The endpoint was not called: the probe says nothing about it.
+                lock(breaker).abandoned();
+            }
             let attempt = Attempt {
                 started_at,
                 status_code: None,
@@ -559,15 +639,32 @@ async fn attempt(
             return;
         }
     };
-    let answer = mediator
-        .send(mediator::Request {
-            url: &subscription.url,
-            event_id: &job.event_id,
-            body,
-            secret: &subscription.secret,
-            headers: &subscription.headers,
-        })
-        .await;
+    let request = mediator.send(mediator::Request {
+        url: &subscription.url,
+        event_id: &job.event_id,
+        body,
+        secret: &subscription.secret,
+        headers: &subscription.headers,
+    });
+    // The request goes on only while the lease is known to be ours (see `lease`).
+    let answer = match lease.run(request).await {
+        Ok(answer) => answer,
+        Err(lapse) => {
+            let why = match lapse {
+                Lapse::Lost => "the job is under another router's lease now",
+                Lapse::Expiring => "its lease could not be renewed and is about to run out",
+            };
+            tracing::warn!(
+                job_id = %job.id,
+                reason = why,
+                "a delivery was abandoned; nothing is recorded, and the job is delivered again"
+            );
+            if probe {
+                lock(breaker).abandoned();
+            }
+            return;
+        }
+    };
     let attempt_no = job.attempts.saturating_add(1);
     let used = attempt_no.saturating_sub(job.budget_from);
     let (outcome, next) = match answer.outcome {

@@ -1,10 +1,13 @@
 //! Dispatch jobs: one delivery of one event to one subscription, and every attempt at it.
 //!
 //! - The dispatcher [`create`]s them in its consumer transaction, with the event's body.
-//! - The router [`claim`]s due jobs of a subscription (a lease, so a crashed router's jobs
-//!   are claimed again when it expires) and [`finish`]es each attempt: the attempt is
-//!   recorded and the job becomes delivered, pending again (with its next attempt time) or
-//!   dead. Only the holder of the lease can finish a job.
+//! - The router [`claim`]s due jobs of a subscription (a short lease under a token made for
+//!   the claim, so a crashed router's jobs are claimed again when it expires), [`renew`]s the
+//!   leases of every job it holds in one statement (only rows still under their token), and
+//!   [`finish`]es each attempt: the attempt is recorded and the job becomes delivered,
+//!   pending again (with its next attempt time) or dead. Only the holder of the lease can
+//!   renew or finish a job. How the router keeps two of its instances from delivering one
+//!   job at once is in [`lease`](crate::lease).
 //! - FIFO: a job with a `group_key` is only claimable when no earlier job of its group (same
 //!   subscription and key) is pending or being delivered, so a group's events go one at a
 //!   time, in order, and a retrying group holds back only itself.
@@ -216,6 +219,75 @@ pub async fn release(store: &Store, jobs: &[Claimed]) -> Result<(), sqlx::Error>
         }
     });
     Ok(())
+}
+
+/// SQLite binds at most 32766 parameters per statement: a renewal of more jobs than this
+/// (two parameters each) takes one statement per batch of this many. PostgreSQL takes any number in one statement (arrays).
+const SQLITE_RENEW_BATCH: usize = 8000;
+
+/// Extends to `until` (epoch ms) the lease of every job of `held` (id and lease token) that
+/// is still being delivered under that token, in one statement; returns those it extended. A
+/// job missing from the answer is no longer held under its token: another router claimed it
+/// after the lease ran out, or it was deleted. A lease that ran out is extended all the same
+/// when nobody claimed the job meanwhile: the token proves it is still the holder's.
+pub async fn renew(
+    store: &Store,
+    held: &[(DispatchJobId, Uuid)],
+    until: i64,
+) -> Result<Vec<(DispatchJobId, Uuid)>, sqlx::Error> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, Uuid)> = match store {
+        Store::Postgres(pool) => {
+            let ids: Vec<Uuid> = held.iter().map(|(id, _)| id.as_uuid()).collect();
+            let leases: Vec<Uuid> = held.iter().map(|(_, lease)| *lease).collect();
+            // The pairs, joined on the primary key: each row is found by its index.
+            sqlx::query_as(
+                "UPDATE herald_dispatch_jobs j SET locked_until = $1 \
+                 FROM unnest($2::uuid[], $3::uuid[]) AS h (id, lease) \
+                 WHERE j.id = h.id AND j.lease = h.lease AND j.status = 'delivering' \
+                 RETURNING j.id, j.lease",
+            )
+            .bind(until)
+            .bind(&ids)
+            .bind(&leases)
+            .fetch_all(pool)
+            .await?
+        }
+        Store::Sqlite(pool) => {
+            let mut rows = Vec::with_capacity(held.len());
+            for batch in held.chunks(SQLITE_RENEW_BATCH) {
+                // Only numbered placeholders are formatted into the statement; ids and tokens
+                // are bound. `id IN` lets SQLite find each row by its index; the row values
+                // then match the pairs exactly.
+                let ids = (0..batch.len())
+                    .map(|n| format!("?{}", 2 + 2 * n))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let pairs = (0..batch.len())
+                    .map(|n| format!("(?{}, ?{})", 2 + 2 * n, 3 + 2 * n))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let text = format!(
+                    "UPDATE herald_dispatch_jobs SET locked_until = ?1 \
+                     WHERE id IN ({ids}) AND status = 'delivering' \
+                     AND (id, lease) IN (VALUES {pairs}) RETURNING id, lease"
+                );
+                let mut query =
+                    sqlx::query_as::<_, (Uuid, Uuid)>(sqlx::AssertSqlSafe(text)).bind(until);
+                for (id, lease) in batch {
+                    query = query.bind(id.as_uuid()).bind(*lease);
+                }
+                rows.extend(query.fetch_all(pool).await?);
+            }
+            rows
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(id, lease)| (DispatchJobId::from_uuid(id), lease))
+        .collect())
 }
 
 /// One attempt, as recorded.

@@ -7,7 +7,8 @@
 //! - [`engine`]: the router, which claims due jobs and delivers them through their pool
 //!   ([`limit`] for the rate, a concurrency cap, FIFO per key), calling endpoints with the
 //!   [`mediator`] (signed with [`signature`]), judging answers with [`outcome`] and guarding
-//!   endpoints with a [`breaker`].
+//!   endpoints with a [`breaker`]; [`lease`] keeps its hold on the jobs it claimed short and
+//!   renewed, so a dead router's jobs come back within seconds.
 //! - [`pattern`]: the event type patterns subscriptions match with.
 //!
 //! [`MIGRATIONS`] holds the tables.
@@ -16,6 +17,7 @@ pub mod breaker;
 pub mod dispatcher;
 pub mod engine;
 pub mod job;
+pub mod lease;
 pub mod limit;
 pub mod mediator;
 pub mod outcome;

@@ -445,6 +445,119 @@ mod tests {
     }
 
     #[test]
+    fn the_consumer_visibility_timeout_is_bounded() {
+        for (timeout, ok) in [
+            ("500ms", false),
+            ("1s", true),
+            ("10m", true),
+            ("11m", false),
+        ] {
+            let f = file(&format!(
+                "[store]\nurl = \"sqlite:herald.db\"\n[dispatcher]\nvisibility_timeout = \"{timeout}\"\n"
+            ));
+            let result = load(toml::Table::new(), Some(f.path()), env(&[]));
+            if ok {
+                assert!(result.is_ok(), "{timeout}: {result:?}");
+            } else {
+                let found = problems(result);
+                assert_eq!(found.len(), 1, "{timeout}: {found:#?}");
+                assert_eq!(found[0].key, "dispatcher.visibility_timeout");
+                assert_eq!(found[0].message, "must be between 1s and 10m");
+            }
+        }
+    }
+
+    #[test]
+    fn the_relay_lease_backend_is_checked() {
+        use super::super::LeaseConfig;
+        let load_with = |text: &str, vars: &[(&str, &str)]| {
+            let f = file(&format!("[store]\nurl = \"sqlite:herald.db\"\n{text}"));
+            load(toml::Table::new(), Some(f.path()), env(vars))
+        };
+        let keyed = |text: &str| -> Vec<String> {
+            problems(load_with(text, &[]))
+                .into_iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect()
+        };
+
+        let default = load_with("", &[]).unwrap();
+        assert!(
+            matches!(default.leases, LeaseConfig::Database),
+            "{default:?}"
+        );
+        let redis = load_with(
+            "[relay]\nlease_backend = \"redis\"\n[redis]\nurl = \"redis://h:6379\"\n",
+            &[],
+        )
+        .unwrap();
+        match redis.leases {
+            LeaseConfig::Redis { url, prefix } => {
+                assert_eq!(url.expose(), "redis://h:6379");
+                assert_eq!(prefix, "herald");
+            }
+            other => panic!("expected redis, got {other:?}"),
+        }
+        // From the environment, with a prefix of its own.
+        let from_env = load_with(
+            "",
+            &[
+                ("HERALD_RELAY__LEASE_BACKEND", "redis"),
+                ("HERALD_REDIS__URL", "redis://:pw@h:6379/2"),
+                ("HERALD_REDIS__PREFIX", "eu-1"),
+            ],
+        )
+        .unwrap();
+        assert!(
+            matches!(&from_env.leases, LeaseConfig::Redis { prefix, .. } if prefix == "eu-1"),
+            "{from_env:?}"
+        );
+        // A Redis broker's URL serves when [redis] has none.
+        let shared = load_with(
+            "[broker]\nkind = \"redis\"\nurl = \"redis://broker:6379\"\n[relay]\nlease_backend = \"redis\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            matches!(&shared.leases, LeaseConfig::Redis { url, .. } if url.expose() == "redis://broker:6379"),
+            "{shared:?}"
+        );
+
+        let unknown = keyed("[relay]\nlease_backend = \"zookeeper\"\n");
+        assert_eq!(unknown.len(), 1, "{unknown:#?}");
+        assert!(
+            unknown[0].starts_with("relay.lease_backend: unknown variant `zookeeper`")
+                && unknown[0].contains("`database`")
+                && unknown[0].contains("`redis`"),
+            "{unknown:#?}"
+        );
+        assert_eq!(
+            keyed("[relay]\nlease_backend = \"redis\"\n"),
+            [
+                "redis.url: is required with relay.lease_backend = \"redis\" (unless broker.kind = \
+                 \"redis\", whose broker.url then serves), e.g. redis://127.0.0.1:6379"
+            ]
+        );
+        let wrong = keyed(
+            "[relay]\nlease_backend = \"redis\"\n[redis]\nurl = \"amqp://u:hunter2@h\"\nprefix = \"a b\"\n",
+        );
+        assert_eq!(wrong.len(), 2, "{wrong:#?}");
+        assert!(
+            wrong[0].starts_with("redis.url: is not a redis address"),
+            "{wrong:#?}"
+        );
+        assert!(!wrong[0].contains("hunter2"), "{wrong:#?}");
+        assert!(wrong[1].starts_with("redis.prefix: must be"), "{wrong:#?}");
+        let unused = keyed("[redis]\nurl = \"redis://h:6379\"\n");
+        assert_eq!(
+            unused,
+            [
+                "redis.url: is only used with relay.lease_backend = \"redis\"; leases are in the database"
+            ]
+        );
+    }
+
+    #[test]
     fn secrets_are_not_echoed() {
         let f = file("[api]\nadmin_token = 123456789\n");
         let text =
@@ -467,7 +580,7 @@ mod tests {
     #[test]
     fn delivery_settings_are_checked_together() {
         let f = file(
-            "store.url = \"sqlite::memory:\"\n[router]\npoll_interval = \"1ms\"\nbackoff_base = \"10s\"\nbackoff_max = \"5s\"\nbreaker_threshold = 0\nretention = \"10m\"\n[dispatcher]\nconcurrency = 0\ntopic = \"bad topic\"\n",
+            "store.url = \"sqlite::memory:\"\n[router]\npoll_interval = \"1ms\"\nlease_ttl = \"500ms\"\nbackoff_base = \"10s\"\nbackoff_max = \"5s\"\nbreaker_threshold = 0\nretention = \"10m\"\n[dispatcher]\nconcurrency = 0\ntopic = \"bad topic\"\n",
         );
         let found = problems(load(toml::Table::new(), Some(f.path()), env(&[])));
         let mut keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
@@ -479,17 +592,21 @@ mod tests {
                 "dispatcher.topic",
                 "router.backoff_max",
                 "router.breaker_threshold",
+                "router.lease_ttl",
                 "router.poll_interval",
                 "router.retention",
             ],
             "{found:#?}"
         );
-        let good = file("store.url = \"sqlite::memory:\"\n[router]\nrequest_timeout = \"2s\"\n");
+        let good = file(
+            "store.url = \"sqlite::memory:\"\n[router]\nrequest_timeout = \"2s\"\nlease_ttl = \"3s\"\n",
+        );
         let config = load(toml::Table::new(), Some(good.path()), env(&[])).unwrap();
         assert_eq!(
             config.router.request_timeout.0,
             std::time::Duration::from_secs(2)
         );
+        assert_eq!(config.router.lease_ttl.0, std::time::Duration::from_secs(3));
         assert_eq!(config.dispatcher.topic, config.relay.topic);
     }
 

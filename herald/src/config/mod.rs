@@ -11,6 +11,7 @@
 //! never re-checks them.
 
 mod broker;
+mod leases;
 mod load;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use herald_telemetry::logging::{LogFilter, LogFormat};
 use serde::Deserialize;
 
 pub use broker::{BrokerConfig, BrokerKind, BrokerSection};
+pub use leases::{LeaseBackend, LeaseConfig, RedisSection};
 pub use load::{ConfigError, Problem, Sources, load};
 
 /// The whole configuration file.
@@ -42,6 +44,8 @@ pub struct RawConfig {
     pub broker: BrokerSection,
     /// The outbox relay.
     pub relay: RelaySection,
+    /// Redis, for the relay's lease when `relay.lease_backend = "redis"`.
+    pub redis: RedisSection,
     /// The users service's consumer.
     pub users: ConsumerSection,
     /// The dispatcher's consumer.
@@ -116,6 +120,10 @@ pub struct RelaySection {
     /// The relay's lease (1s to 5m): of several instances with the relay role, one leads and
     /// relays; when it dies, another takes over within about this long.
     pub lease_ttl: HumanDuration,
+    /// Where that lease is kept: `database` (the default: the store's database) or `redis`
+    /// (the Redis of `[redis]`, which takes the renewals off the database; the relay's writes
+    /// are still fenced in the database). Change it only with every instance stopped.
+    pub lease_backend: LeaseBackend,
 }
 
 impl Default for RelaySection {
@@ -126,6 +134,7 @@ impl Default for RelaySection {
             max_attempts: 10,
             publish_timeout: HumanDuration(Duration::from_secs(30)),
             lease_ttl: HumanDuration(Duration::from_secs(10)),
+            lease_backend: LeaseBackend::Database,
         }
     }
 }
@@ -143,6 +152,10 @@ pub struct ConsumerSection {
     /// How long processed event ids are remembered, so redeliveries are recognised (1m to
     /// 365 days; written with `h` for long windows, e.g. `168h`).
     pub inbox_retention: HumanDuration,
+    /// How long a received event stays invisible to the group's other consumers (1s to
+    /// 10m). It is extended while the handler runs, so it only has to cover a consumer that
+    /// died: its events come back to the others after this long.
+    pub visibility_timeout: HumanDuration,
 }
 
 impl Default for ConsumerSection {
@@ -152,6 +165,7 @@ impl Default for ConsumerSection {
             concurrency: 8,
             max_deliveries: 10,
             inbox_retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            visibility_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -166,6 +180,10 @@ pub struct RouterSection {
     pub refresh_interval: HumanDuration,
     /// How long one webhook request may take (100ms to 5m).
     pub request_timeout: HumanDuration,
+    /// How long a claimed dispatch job stays this router's without a renewal (1s to 5m): the
+    /// router renews its jobs' leases every quarter of it, and another router delivers a dead
+    /// router's jobs this long after its last renewal.
+    pub lease_ttl: HumanDuration,
     /// The first retry's longest wait (10ms to 1h); each retry doubles it, with jitter.
     pub backoff_base: HumanDuration,
     /// The longest wait between attempts, `Retry-After` included (backoff_base to 24h).
@@ -187,6 +205,7 @@ impl Default for RouterSection {
             poll_interval: HumanDuration(Duration::from_millis(200)),
             refresh_interval: HumanDuration(Duration::from_secs(1)),
             request_timeout: HumanDuration(Duration::from_secs(10)),
+            lease_ttl: HumanDuration(Duration::from_secs(5)),
             backoff_base: HumanDuration(Duration::from_secs(1)),
             backoff_max: HumanDuration(Duration::from_secs(3600)),
             breaker_threshold: 5,
@@ -293,6 +312,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// The relay.
     pub relay: RelaySection,
+    /// Where the relay's lease is kept.
+    pub leases: LeaseConfig,
     /// The users service's consumer.
     pub users: ConsumerConfig,
     /// The dispatcher's consumer.
@@ -312,6 +333,8 @@ pub struct ConsumerConfig {
     pub max_deliveries: u32,
     /// How long processed ids are kept.
     pub inbox_retention: Duration,
+    /// How long a received event is invisible to other consumers.
+    pub visibility_timeout: Duration,
 }
 
 /// The checked `[store]` section.
@@ -434,9 +457,11 @@ impl RawConfig {
             problems,
         );
         check_router(&self.router, sources, problems);
+        let leases = leases::check(&self.relay, &self.redis, &self.broker, sources, problems);
         let broker = self.broker.check(sources, problems);
         let store = store?;
         let broker = broker?;
+        let leases = leases?;
         (problems.len() == before).then_some(Config {
             roles,
             http: self.http,
@@ -445,6 +470,7 @@ impl RawConfig {
             store,
             broker,
             relay: self.relay,
+            leases,
             users,
             dispatcher,
             router: self.router,
@@ -490,11 +516,19 @@ fn check_consumer(
             "must be between 1m and 8760h (365 days)",
         ));
     }
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&section.visibility_timeout.0)
+    {
+        problems.push(sources.problem(
+            &format!("{name}.visibility_timeout"),
+            "must be between 1s and 10m",
+        ));
+    }
     ConsumerConfig {
         topic,
         concurrency: section.concurrency,
         max_deliveries: section.max_deliveries,
         inbox_retention: section.inbox_retention.0,
+        visibility_timeout: section.visibility_timeout.0,
     }
 }
 
@@ -523,6 +557,13 @@ fn check_router(section: &RouterSection, sources: &Sources, problems: &mut Vec<P
             ms(100),
             secs(300),
             "100ms and 5m",
+        ),
+        (
+            "router.lease_ttl",
+            section.lease_ttl.0,
+            herald_router::engine::MIN_LEASE,
+            herald_router::engine::MAX_LEASE,
+            "1s and 5m",
         ),
         (
             "router.backoff_base",

@@ -26,8 +26,9 @@ use crate::support::{Running, client};
 
 const KEYS: u64 = 10;
 
-/// Writes the configuration of both instances: a 1 s relay lease and a 1 s request timeout,
-/// so faults are noticed quickly; `broker` is the body of `[broker]`.
+/// Writes the configuration of both instances: a 1 s relay lease, a 3 s visibility timeout for
+/// the dispatcher's events, a 1 s request timeout and a 2 s lease on the dispatch jobs a router
+/// holds, so faults are noticed quickly; `broker` is the body of `[broker]`.
 fn write_config(dir: &Path, url: &str, broker: &str, token: &str) -> PathBuf {
     let path = dir.join("herald.toml");
     let mut file = std::fs::File::create(&path).unwrap();
@@ -39,7 +40,8 @@ fn write_config(dir: &Path, url: &str, broker: &str, token: &str) -> PathBuf {
          [broker]\n{broker}\n\
          [api]\nadmin_token = \"{token}\"\n\
          [relay]\nlease_ttl = \"1s\"\n\
-         [router]\nrequest_timeout = \"1s\"\n",
+         [dispatcher]\nvisibility_timeout = \"3s\"\n\
+         [router]\nrequest_timeout = \"1s\"\nlease_ttl = \"2s\"\n",
         url
     )
     .unwrap();
@@ -208,8 +210,8 @@ impl Cluster {
 
 /// SIGKILL of the instance whose relay leads, in the middle of a stream of events: the other
 /// instance's relay takes the lease over and every event arrives, in order per key. Jobs
-/// the killed router held come back when their lease ends (request timeout + 30 s), so
-/// recovery takes about that long.
+/// the killed router held come back when their lease, no longer renewed, runs out (2 s), so
+/// the survivor delivers them within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_leading_instance_loses_nothing() {
     let mut cluster = Cluster::start().await;

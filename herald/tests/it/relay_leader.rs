@@ -3,9 +3,10 @@
 //! nothing.
 //!
 //! Two `herald serve` relay-only processes share one PostgreSQL database (and the embedded
-//! queue in it), with a 1 s lease. Which one leads is read from the lease row, whose holder
-//! names the process id. Events are written straight into the outbox; a consumer group on the
-//! topic checks at the end that every one arrived.
+//! queue in it), with a 1 s lease, kept in the database or (`…_in_redis`) in Redis under a key
+//! prefix of the test's own. Which one leads is read from the lease, whose holder names the
+//! process id. Events are written straight into the outbox; a consumer group on the topic
+//! checks at the end that every one arrived.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -14,9 +15,9 @@ use std::time::{Duration, Instant};
 use herald_broker::embedded::EmbeddedBroker;
 use herald_broker::{Broker, SubscribeOptions, Subscription};
 use herald_core::Event;
-use herald_leader::Leases;
+use herald_leader::{Leases, RedisLeaseOptions};
 use herald_store::Store;
-use herald_testing::{TestDb, unique_name};
+use herald_testing::{REDIS_URL, TestDb, service_url, unique_name};
 
 use crate::support::{Running, herald};
 
@@ -32,7 +33,17 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// With the lease in the database.
     async fn new() -> Self {
+        Self::with_lease_in(None).await
+    }
+
+    /// With the lease in the test Redis.
+    async fn with_lease_in_redis() -> Self {
+        Self::with_lease_in(Some(service_url(REDIS_URL))).await
+    }
+
+    async fn with_lease_in(redis: Option<String>) -> Self {
         let db = TestDb::postgres().await;
         let topic = unique_name("leader");
         let mut config = tempfile::NamedTempFile::new().unwrap();
@@ -44,8 +55,21 @@ impl Cluster {
             TTL.as_secs()
         )
         .unwrap();
+        let leases = match redis {
+            None => Leases::new(db.store().clone()),
+            Some(url) => {
+                let prefix = unique_name("herald_test_lease");
+                write!(
+                    config,
+                    "lease_backend = \"redis\"\n[redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n"
+                )
+                .unwrap();
+                let mut options = RedisLeaseOptions::new(url);
+                options.key_prefix = prefix;
+                Leases::redis(options).unwrap()
+            }
+        };
         crate::support::migrate(config.path());
-        let leases = Leases::new(db.store().clone());
         Self {
             db,
             topic,
@@ -195,7 +219,17 @@ async fn a_killed_leader_is_replaced_within_twice_the_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_replaced_and_fenced_off_when_it_wakes() {
-    let mut cluster = Cluster::new().await;
+    a_paused_leader_is_replaced_and_fenced_off(Cluster::new().await).await;
+}
+
+/// The same with the lease in Redis: the relay's rounds are fenced in the database
+/// (`herald_fences`), where the woken leader finds the new leader's larger token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_fenced_off_when_it_wakes_in_redis() {
+    a_paused_leader_is_replaced_and_fenced_off(Cluster::with_lease_in_redis().await).await;
+}
+
+async fn a_paused_leader_is_replaced_and_fenced_off(mut cluster: Cluster) {
     let mut ledger = cluster.ledger().await;
     let mut first = cluster.start();
     cluster.leader_is(&first, Duration::from_secs(10)).await;

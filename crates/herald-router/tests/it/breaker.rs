@@ -67,3 +67,26 @@ async fn a_failed_probe_doubles_the_cooldown_up_to_the_maximum() {
         "a success resets the cooldown"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_probe_lets_another_go_at_once() {
+    let mut breaker = Breaker::new(options());
+    for _ in 0..3 {
+        breaker.failed();
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    breaker.allow().unwrap();
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    breaker.abandoned();
+    breaker
+        .allow()
+        .expect("an abandoned probe said nothing: the next call probes");
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    breaker.succeeded();
+    breaker.abandoned();
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "abandoning changes nothing but a probe"
+    );
+}

@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 
 use crate::support::{Endpoint, dispatch, migrate, subscribe};
 
-fn fast() -> EngineOptions {
+/// Short waits everywhere, so the tests run quickly.
+pub(crate) fn fast() -> EngineOptions {
     EngineOptions {
         poll_interval: Duration::from_millis(20),
         refresh: Duration::from_millis(100),
@@ -29,6 +30,7 @@ fn fast() -> EngineOptions {
             max_cooldown: Duration::from_millis(200),
         },
         retention: Duration::from_secs(3600),
+        lease: Duration::from_secs(2),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Dispatch jobs in the store, on both engines: FIFO groups release one job at a time and
-//! hold back only their own key, leases expire and fence, attempts are recorded.
+//! hold back only their own key, leases expire, are renewed only by their holder and fence,
+//! attempts are recorded.
 
 use herald_router::job::{self, Attempt, Filter, Next, Status};
 use herald_testing::{TestDb, on_both_stores};
@@ -258,7 +259,61 @@ async fn released_jobs_are_due_again_with_nothing_recorded(db: TestDb) {
     assert_eq!(last[0].event_id, "k2");
 }
 
+async fn a_renewal_extends_only_leases_still_held(db: TestDb) {
+    migrate(&db).await;
+    let store = db.store();
+    let sub = subscribe(store, "test.*", "http://127.0.0.1:9/hook", false, 5).await;
+    for id in ["e1", "e2", "e3"] {
+        dispatch(store, id, None, &[(sub.id, false)]).await;
+    }
+    let pair = |c: &job::Claimed| (c.id, c.lease);
+    let first = job::claim(store, sub.id, 3, 0).await.unwrap();
+    assert_eq!(first.len(), 3);
+    let e1 = first.iter().find(|c| c.event_id == "e1").unwrap();
+    let e2 = first.iter().find(|c| c.event_id == "e2").unwrap();
+    let e3 = first.iter().find(|c| c.event_id == "e3").unwrap();
+    // e1 is finished by its holder, e2 runs out and another claim takes it.
+    assert!(
+        job::finish(store, e1, &delivered_at(1), Next::Delivered)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    job::renew(store, &[pair(e3)], herald_store::sql::now_ms() + 60_000)
+        .await
+        .unwrap();
+    let taken = job::claim(store, sub.id, 3, 0).await.unwrap();
+    assert_eq!(taken.len(), 1, "e3's renewed lease keeps it: {taken:?}");
+    assert_eq!(taken[0].event_id, "e2");
+
+    // One statement for all three: only e3 is still held under its claim's token, and a
+    // lapsed lease nobody took (e2 under its new token) is extended all the same.
+    let until = herald_store::sql::now_ms() + 60_000;
+    let held = [pair(e1), pair(e2), pair(e3), pair(&taken[0])];
+    let mut kept = job::renew(store, &held, until).await.unwrap();
+    kept.sort();
+    let mut want = vec![pair(e3), pair(&taken[0])];
+    want.sort();
+    assert_eq!(kept, want);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(
+        job::claim(store, sub.id, 3, 60_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed leases keep their jobs"
+    );
+    assert!(
+        !job::finish(store, e2, &delivered_at(2), Next::Delivered)
+            .await
+            .unwrap(),
+        "the first holder of e2 lost it"
+    );
+    assert!(job::renew(store, &[], until).await.unwrap().is_empty());
+}
+
 on_both_stores!(
+    a_renewal_extends_only_leases_still_held,
     released_jobs_are_due_again_with_nothing_recorded,
     purge_removes_only_finished_jobs_and_unneeded_events,
     a_fifo_group_releases_its_jobs_one_at_a_time,

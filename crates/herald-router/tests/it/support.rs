@@ -1,8 +1,10 @@
-//! Shared set-up: a migrated store, subscriptions, dispatched events, and a tiny HTTP
-//! endpoint on 127.0.0.1 that answers with the status codes it is given.
+//! Shared set-up: a migrated store, subscriptions, dispatched events, and tiny HTTP
+//! endpoints on 127.0.0.1: one answers with the status codes it is given, one takes the
+//! time it is given to answer.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use herald_core::id::SubscriptionId;
@@ -115,5 +117,66 @@ impl Endpoint {
 
     pub(crate) fn script_left(&self) -> usize {
         self.script.lock().unwrap().len()
+    }
+}
+
+/// An endpoint that answers 204 after the next scripted delay (at once when the script is
+/// used up), and notes when each request began.
+#[derive(Debug, Clone)]
+pub(crate) struct SlowEndpoint {
+    pub(crate) url: String,
+    begun: Arc<Mutex<Vec<Instant>>>,
+    answered: Arc<Mutex<u32>>,
+}
+
+impl SlowEndpoint {
+    pub(crate) async fn start(delays: &[Duration]) -> Self {
+        let delays = Arc::new(Mutex::new(delays.iter().copied().collect::<VecDeque<_>>()));
+        let begun = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(0));
+        let (b, a) = (begun.clone(), answered.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let (d, b, a) = (delays.clone(), b.clone(), a.clone());
+                async move {
+                    b.lock().unwrap().push(Instant::now());
+                    let delay = d.lock().unwrap().pop_front().unwrap_or_default();
+                    tokio::time::sleep(delay).await;
+                    *a.lock().unwrap() += 1;
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            url,
+            begun,
+            answered,
+        }
+    }
+
+    /// When each request began, in order.
+    pub(crate) fn begun(&self) -> Vec<Instant> {
+        self.begun.lock().unwrap().clone()
+    }
+
+    /// How many requests it answered.
+    pub(crate) fn answered(&self) -> u32 {
+        *self.answered.lock().unwrap()
+    }
+
+    /// Waits (at most 10 s) until `count` requests have begun.
+    pub(crate) async fn wait_for_requests(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.begun.lock().unwrap().len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{count} requests did not begin within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
