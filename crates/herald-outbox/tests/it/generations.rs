@@ -82,6 +82,7 @@ async fn generations_come_and_go_without_losing_or_reordering() {
     });
     relay.maintain().await.unwrap();
     assert_eq!(current(pool).await, 0);
+    let mut last = 0;
     let mut written = 0;
     for round in 0..4 {
         write_each(&setup.store, "k", written, 30).await;
@@ -92,11 +93,11 @@ async fn generations_come_and_go_without_losing_or_reordering() {
         }
         tokio::time::sleep(SWITCH_GAP).await;
         relay.maintain().await.unwrap();
-        assert_eq!(
-            current(pool).await,
-            round + 1,
-            "a switch after round {round}"
-        );
+        // The relay also maintains the generations by itself between rounds, so the switch
+        // may have come before this call; either way, one each round.
+        let now = current(pool).await;
+        assert!(now > last, "no switch in round {round}: still {now}");
+        last = now;
     }
     drain(&relay).await;
     tokio::time::sleep(SWITCH_GAP).await;
@@ -226,17 +227,24 @@ async fn a_held_transaction_pins_only_what_it_read() {
         .execute(&mut *held)
         .await
         .unwrap();
+    // Rounds of writes until three generations have started after the held transaction
+    // began (bounded: the relay also maintains the generations by itself between rounds,
+    // so how many rounds that takes depends on timing).
     let mut written = 0;
-    for _ in 0..4 {
+    for _ in 0..12 {
+        if current(pool).await >= 3 {
+            break;
+        }
         write_each(&setup.store, "k", written, 25).await;
         written += 25;
         drain(&relay).await;
         tokio::time::sleep(SWITCH_GAP).await;
         relay.maintain().await.unwrap();
     }
+    drain(&relay).await;
     relay.maintain().await.unwrap();
     let now = current(pool).await;
-    assert_eq!(now, 4);
+    assert!(now >= 3, "only {now} generations started in 12 rounds");
     let left = partitions(pool).await;
     assert_eq!(
         left[0], 0,
