@@ -78,44 +78,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, condition
 async fn a_lease_has_one_holder_and_a_new_token_each_time_it_changes_hands() {
     let redis = TestRedis::new().await;
     let leases = &redis.leases;
-    let a = leases.acquire("relay", "a", 60_000).await.unwrap().unwrap();
-    assert!(
-        leases
-            .acquire("relay", "b", 60_000)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    // Other leases are independent.
-    assert!(
-        leases
-            .acquire("other", "b", 60_000)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    // The holder taking it again keeps its token.
-    assert_eq!(
-        leases.acquire("relay", "a", 60_000).await.unwrap(),
-        Some(a.clone())
-    );
-    assert!(leases.renew(&a, "a", 60_000).await.unwrap());
-    assert!(leases.holds(&a).await.unwrap());
-
-    leases.release(&a, "a").await.unwrap();
-    assert!(!leases.holds(&a).await.unwrap());
-    let b = leases.acquire("relay", "b", 60_000).await.unwrap().unwrap();
-    assert!(b.token > a.token, "{b:?} after {a:?}");
-    assert!(!leases.renew(&a, "a", 60_000).await.unwrap());
-    assert!(!leases.holds(&a).await.unwrap());
-    assert!(leases.holds(&b).await.unwrap());
-    // A late release by the former holder changes nothing.
-    leases.release(&a, "a").await.unwrap();
-    assert!(leases.holds(&b).await.unwrap());
-    let state = leases.state("relay").await.unwrap().unwrap();
-    assert_eq!((state.holder.as_str(), state.token), ("b", b.token));
-    assert!(state.remaining_ms > 50_000, "{state:?}");
-    assert!(leases.state("never").await.unwrap().is_none());
+    let (_, b) = super::one_holder_and_a_new_token_each_time(leases).await;
 
     // Released and taken again by the same holder: a new token.
     leases.release(&b, "b").await.unwrap();
